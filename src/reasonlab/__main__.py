@@ -1,0 +1,5 @@
+import sys
+
+from reasonlab.cli.main import main
+
+sys.exit(main())

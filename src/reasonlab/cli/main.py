@@ -1,0 +1,98 @@
+"""The ``reasonlab`` command.
+
+    reasonlab eval  [--model M] [--task T] [--n N] [--limit L] [--out DIR] ...   evaluate (the main job)
+    reasonlab train sft --model tiny --data rows.jsonl ...                        supervised fine-tuning
+    reasonlab models                                                              built-in models
+    reasonlab tasks                                                               task specs
+
+Every sub-command takes ``--help`` and ``--config file.yaml``. Errors the user can fix (unknown
+model, task or path, malformed data, an unreachable server) print one line and exit with code 2;
+a backend failing at run time exits 1; Ctrl-C exits 130 after saving what was done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from reasonlab.errors import BackendError, ReasonlabError, UsageError
+
+USAGE = """usage: reasonlab <command> [options]
+
+commands:
+  eval            evaluate a model on a task (greedy or n samples): accuracy, pass@k, maj@k
+  train sft       supervised fine-tuning (loss on completion tokens, LoRA optional)
+  models          list the built-in models
+  tasks           list the task specs
+
+run `reasonlab <command> --help` for the options of a command."""
+
+
+def _train(argv: list[str]) -> int:
+    algos = {"sft": "reasonlab.learn.sft"}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: reasonlab train {{{','.join(algos)}}} [options]")
+        return 0 if argv else 2
+    algo, rest = argv[0], argv[1:]
+    if algo not in algos:
+        raise UsageError(f"unknown training algorithm {algo!r}; available: {', '.join(algos)}")
+    import importlib
+
+    return importlib.import_module(algos[algo]).main(rest)
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "eval":
+        from reasonlab.evaluation.harness import main as eval_main
+
+        return eval_main(rest)
+    if cmd == "train":
+        return _train(rest)
+    if cmd == "models":
+        from reasonlab.policies.models import BUILTIN_MODELS
+
+        for name, what in BUILTIN_MODELS.items():
+            print(f"{name:10s} {what}")
+        return 0
+    if cmd == "tasks":
+        from reasonlab.tasks import list_tasks
+
+        print("\n".join(list_tasks()))
+        return 0
+    if cmd in ("--version", "version"):
+        from reasonlab import __version__
+
+        print(__version__)
+        return 0
+    raise UsageError(f"unknown command {cmd!r}; run `reasonlab --help`")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Offline by design: never reach for the Hugging Face hub behind the user's back.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(argv)
+    except UsageError as e:
+        print(f"reasonlab: error: {e}", file=sys.stderr)
+        return 2
+    except BackendError as e:
+        print(f"reasonlab: backend error: {e}", file=sys.stderr)
+        return 1
+    except ReasonlabError as e:
+        print(f"reasonlab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("reasonlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

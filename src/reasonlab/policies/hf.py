@@ -1,0 +1,363 @@
+"""Transformers backend: any Hugging Face causal LM, CPU or CUDA, with a sampler written for throughput.
+
+Why not ``model.generate``: for RL rollouts and n-sample evaluation the sampler is the product, and
+``generate`` leaves speed on the table in exactly the places that matter here:
+
+* **Finished rows keep costing compute.** ``generate`` pads finished rows to the end of the batch;
+  this sampler drops them from the batch (and from the KV cache) as they finish, so a batch costs
+  what its live rows cost.
+* **The KV cache is copied every step.** The default dynamic cache grows by ``torch.cat``, which
+  rewrites the whole cache each token (quadratic memory traffic). Here each layer's cache is
+  preallocated for prompt + max_new_tokens and written in place.
+* **The prompt is prefilled once for n samples.** Prompts are prefilled once per distinct prompt
+  and their cache rows are repeated ``n`` times.
+* **Rows are bucketed by prompt length**, so left padding stays small.
+
+The sampler is token-in/token-out: a completion carries the exact sampled ids and the model's own
+log-probability of each (from the unmodified logits, before temperature/top-k/top-p), which is what
+RL trainers compare against. ``logprobs_of`` scores given token ids, for trainers and scorers.
+
+Run ``python benchmarks/generation.py`` to compare with ``model.generate`` and llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from reasonlab.errors import UsageError
+from reasonlab.policies.base import Policy, find_stop
+from reasonlab.types import Completion, Prompt, SamplingParams
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # bf16 halves memory traffic on GPUs; on CPUs without bf16 units it is slower than fp32.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling: pure functions on logits
+# ----------------------------------------------------------------------------------------------
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering. ``logits: (B, V)`` float32.
+
+    Filtered-out entries become ``-inf``. At least one token always survives (the argmax).
+    """
+    logits = logits / temperature
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass *before* it already reaches top_p (so the top token is kept).
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, sorted_idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the next token per row. ``logits: (B, V)``. Returns ``(tokens (B,), logp (B,))``.
+
+    ``logp`` is the log-probability of the chosen token under the model's *unmodified*
+    distribution (log-softmax of the raw logits), as trainers need it.
+    """
+    logits = logits.float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    if sampling.greedy:
+        tokens = logits.argmax(-1)
+    else:
+        probs = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p).softmax(-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, logp_all.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# KV cache written in place
+# ----------------------------------------------------------------------------------------------
+
+def _prealloc_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocLayer(DynamicLayer):
+        """A DynamicLayer whose storage is allocated once (capacity tokens) and written in place.
+
+        ``keys``/``values`` are views of the filled part, so everything in transformers that reads
+        them (masks, attention) sees an ordinary dynamic cache.
+        """
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+
+        def lazy_initialization(self, key_states, value_states):
+            b, h, _, d = key_states.shape
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.kbuf = key_states.new_empty((b, h, self.capacity, d))
+            self.vbuf = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            t = key_states.shape[-2]
+            if self.length + t > self.capacity:  # should not happen: capacity is prompt + max_new
+                grow = max(self.capacity, t)
+                self.kbuf = torch.cat([self.kbuf, self.kbuf.new_empty(self.kbuf.shape[:2] + (grow, self.kbuf.shape[-1]))], 2)
+                self.vbuf = torch.cat([self.vbuf, self.vbuf.new_empty(self.vbuf.shape[:2] + (grow, self.vbuf.shape[-1]))], 2)
+                self.capacity += grow
+            self.kbuf[:, :, self.length:self.length + t] = key_states
+            self.vbuf[:, :, self.length:self.length + t] = value_states
+            self.length += t
+            self.keys = self.kbuf[:, :, :self.length]
+            self.values = self.vbuf[:, :, :self.length]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self.kbuf = self.kbuf.repeat_interleave(repeats, dim=0)
+                self.vbuf = self.vbuf.repeat_interleave(repeats, dim=0)
+                self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.kbuf = self.kbuf.index_select(0, indices)
+                self.vbuf = self.vbuf.index_select(0, indices)
+                self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
+
+    return PreallocLayer
+
+
+_PREALLOC = None
+
+
+def new_cache(model, capacity: int):
+    """A cache for ``model`` holding up to ``capacity`` tokens per row.
+
+    Models whose layers are all plain full-attention layers get preallocated layers; any other
+    layout (sliding windows, linear attention) keeps transformers' own cache, which is correct for
+    them, only slower.
+    """
+    global _PREALLOC
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        _PREALLOC = _PREALLOC or _prealloc_layer_class()
+        cache.layers = [_PREALLOC(capacity) for _ in cache.layers]
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# The policy
+# ----------------------------------------------------------------------------------------------
+
+class HFPolicy(Policy):
+    """A transformers causal LM as a policy (generation) and a scorer of token ids (log-probs)."""
+
+    def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
+                 max_batch_size: int = 64, model=None, tokenizer=None, threads: int | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name or Path(str(path)).name
+        self.path = str(path)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.max_batch_size = max_batch_size
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
+            self.model = model or AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot load a transformers model from {self.path!r}: {str(e).splitlines()[0]}") from e
+        self.model.to(self.device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(self.tokenizer.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UsageError(f"model {self.name} has no chat template; use a plain-text prompt format")
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        # A rendered chat template already holds its special tokens; raw text gets the tokenizer's own.
+        return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Completion]:
+        return self.generate_ids([self.encode(p) for p in prompts], sampling)
+
+    @torch.inference_mode()
+    def generate_ids(self, prompt_ids: Sequence[list[int]], sampling: SamplingParams) -> list[Completion]:
+        """Sample from already-tokenized prompts (the token-in entry point)."""
+        n = sampling.n
+        out: list[Completion | None] = [None] * (len(prompt_ids) * n)
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        # Bucket by length so left padding stays small; each chunk holds up to max_batch_size rows.
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        per_chunk = max(1, self.max_batch_size // n)
+        for c in range(0, len(order), per_chunk):
+            idx = order[c:c + per_chunk]
+            done = self._sample_chunk([prompt_ids[i] for i in idx], sampling, generator)
+            for j, i in enumerate(idx):
+                for k in range(n):
+                    comp = done[j * n + k]
+                    comp.prompt_index = i
+                    out[i * n + k] = comp
+        return out  # type: ignore[return-value]
+
+    def _sample_chunk(self, prompts: list[list[int]], sampling: SamplingParams,
+                      generator: torch.Generator | None) -> list[Completion]:
+        dev, n = self.device, sampling.n
+        u = len(prompts)
+        plen = max(len(p) for p in prompts)
+        if plen == 0:
+            raise UsageError("empty prompt: nothing to condition on")
+        max_pos = getattr(self.model.config, "max_position_embeddings", None)
+        max_new = sampling.max_new_tokens
+        if max_pos is not None and plen + max_new > max_pos:
+            max_new = max(1, max_pos - plen)
+        # Left padding: every row's last prompt token sits in the same column.
+        ids = torch.full((u, plen), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((u, plen), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, plen - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, plen - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(self.model, plen + max_new)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        if n > 1:  # prefill once per distinct prompt, then fan out
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, 0)
+            mask = mask.repeat_interleave(n, 0)
+            pos = pos.repeat_interleave(n, 0)
+        rows = u * n
+        cur_pos = pos[:, -1]
+        live = list(range(rows))      # original row of each batch row; -1 once it has finished
+        toks: list[list[int]] = [[] for _ in range(rows)]
+        lps: list[list[float]] = [[] for _ in range(rows)]
+        finish = ["length"] * rows
+        stop_cut: list[bool] = [False] * rows
+        stops = sampling.stop
+        tail_len = max((len(s) for s in stops), default=0) + 8
+
+        for step in range(max_new):
+            tok, lp = sample_next(logits, sampling, generator)
+            for b, (r, t, l) in enumerate(zip(live, tok.tolist(), lp.tolist())):
+                if r < 0:
+                    continue
+                toks[r].append(t)
+                lps[r].append(l)
+                if t in self.eos_ids:
+                    finish[r], live[b] = "stop", -1
+                elif stops and find_stop(self.tokenizer.decode(toks[r][-tail_len:], skip_special_tokens=True),
+                                         stops) != -1:
+                    # Decoding only a short tail is enough to see a stop string that just completed.
+                    finish[r], stop_cut[r], live[b] = "stop", True, -1
+            alive = [b for b, r in enumerate(live) if r >= 0]
+            if not alive or step == max_new - 1:
+                break
+            tok_in = tok[:, None]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            cur_pos = cur_pos + 1
+            # Finished rows leave the batch once they are an eighth of it: compaction copies the
+            # cache, so doing it for every single finished row would cost more than it saves.
+            if (len(live) - len(alive)) * 8 >= len(live):
+                sel = torch.tensor(alive, device=dev)
+                cache.batch_select_indices(sel)
+                tok_in, mask, cur_pos = tok_in[sel], mask[sel], cur_pos[sel]
+                live = [live[b] for b in alive]
+            logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+        return self._finish(prompts, n, toks, lps, finish, stop_cut, stops)
+
+    def _finish(self, prompts, n, toks, lps, finish, stop_cut, stops) -> list[Completion]:
+        res = []
+        for r in range(len(toks)):
+            ids = toks[r]
+            lp = lps[r]
+            text_ids = [t for t in ids if t not in self.eos_ids]
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            if stop_cut[r]:
+                cut = find_stop(text, stops)
+                if cut != -1:
+                    text = text[:cut]
+            prompt = prompts[r // n]
+            res.append(Completion(text=text, token_ids=list(ids), logprobs=list(lp), finish_reason=finish[r],
+                                  prompt_tokens=len(prompt), prompt_token_ids=list(prompt)))
+        return res
+
+    # -- scoring ------------------------------------------------------------------------------
+    def logprobs_of(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],
+                    batch_size: int = 16) -> list[torch.Tensor]:
+        """Log-probability of each completion token given its prompt: one ``(T_i,)`` tensor each."""
+        return logprobs_of(self.model, prompt_ids, completion_ids, pad_id=self.pad_id, batch_size=batch_size)
+
+
+def logprobs_of(model, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], *,
+                pad_id: int = 0, batch_size: int = 16, grad: bool = False) -> list[torch.Tensor]:
+    """Per-token log-probs of ``completion_ids[i]`` after ``prompt_ids[i]`` (right-padded batches).
+
+    Returns a list of ``(T_i,)`` tensors. With ``grad=True`` the graph is kept (for trainers).
+    """
+    dev = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx:
+        for s in range(0, len(prompt_ids), batch_size):
+            ps, cs = prompt_ids[s:s + batch_size], completion_ids[s:s + batch_size]
+            seqs = [list(p) + list(c) for p, c in zip(ps, cs)]
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, x in enumerate(seqs):
+                ids[r, :len(x)] = torch.tensor(x)
+                mask[r, :len(x)] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            for r, (p, c) in enumerate(zip(ps, cs)):
+                out.append(logp[r, len(p) - 1:len(p) - 1 + len(c)])
+    return out
