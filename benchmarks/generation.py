@@ -1,0 +1,143 @@
+"""Generation throughput on the built-in smollm2: our transformers sampler vs ``model.generate`` vs llama.cpp.
+
+Same model (SmolLM2-135M-Instruct; the transformers runs use the checkpoint dequantized from the
+shipped GGUF, llama.cpp runs that GGUF), same prompts (the first GSM8K test questions in the chat
+template), same settings: temperature 0.8, top-k and top-p off, 128 new tokens, stop at EOS. The
+three are interleaved run by run, so machine noise hits them alike, and each figure is the median
+of ``--repeats`` runs. Tokens/s counts real generated tokens (up to and including EOS), not padding.
+
+Also printed: the fraction of the machine's fp32 matmul throughput each reaches, with 2 x parameters
+FLOPs per generated token (the usual estimate: one multiply-add per weight per token, attention
+ignored), and the peak measured with a large ``torch.mm`` on the same threads.
+
+Run::
+
+    python benchmarks/generation.py                      # batch 16 and 64, 3 repeats
+    python benchmarks/generation.py --batches 64 --repeats 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from reasonlab.policies.hf import HFPolicy  # noqa: E402
+from reasonlab.policies.models import smollm2_gguf_path, smollm2_hf_checkpoint  # noqa: E402
+from reasonlab.tasks.gsm8k import GSM8KTask  # noqa: E402
+from reasonlab.types import SamplingParams  # noqa: E402
+
+
+def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def run_ours(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> tuple[int, float]:
+    t = time.perf_counter()
+    out = policy.generate_ids(ids, sp)
+    return sum(c.completion_tokens for c in out), time.perf_counter() - t
+
+
+def run_generate(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> tuple[int, float]:
+    # model.generate on the same left-padded batch, same sampling settings.
+    width = max(len(x) for x in ids)
+    inp = torch.full((len(ids), width), policy.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(inp)
+    for r, x in enumerate(ids):
+        inp[r, width - len(x):] = torch.tensor(x)
+        mask[r, width - len(x):] = 1
+    torch.manual_seed(sp.seed or 0)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = policy.model.generate(input_ids=inp, attention_mask=mask, max_new_tokens=sp.max_new_tokens,
+                                    do_sample=True, temperature=sp.temperature, top_k=0, top_p=1.0,
+                                    pad_token_id=policy.pad_id)
+    dt = time.perf_counter() - t
+    tokens = 0
+    for row in out[:, width:].tolist():
+        tokens += next((j + 1 for j, tok in enumerate(row) if tok in policy.eos_ids), len(row))
+    return tokens, dt
+
+
+def run_llamacpp(policy, prompts, sp: SamplingParams) -> tuple[int, float]:
+    t = time.perf_counter()
+    out = policy.generate(prompts, sp)
+    return sum(c.completion_tokens for c in out), time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="16,64")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ckpt = smollm2_hf_checkpoint()
+    ours = HFPolicy(str(ckpt), device="cpu", dtype="float32", max_batch_size=max(int(b) for b in args.batches.split(",")))
+    params = sum(p.numel() for p in ours.model.parameters())
+    llama = None
+    if not args.no_llamacpp:
+        from reasonlab.policies.llamacpp import LlamaCppPolicy
+
+        llama = LlamaCppPolicy(str(smollm2_gguf_path()), n_threads=args.threads)
+    examples = GSM8KTask(prompt_format="chat").examples("test", max(int(b) for b in args.batches.split(",")))
+    peak = matmul_peak_gflops()
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s; model {params / 1e6:.1f}M params")
+
+    results = {}
+    for b in [int(x) for x in args.batches.split(",")]:
+        prompts = [e.prompt for e in examples[:b]]
+        ids = [ours.encode(p) for p in prompts]
+        runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
+        if llama is not None:
+            runs["llama.cpp"] = []
+        for r in range(args.repeats):
+            sp = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=1000 + r)
+            for name in runs:
+                if name == "reasonlab-hf":
+                    tok, dt = run_ours(ours, ids, sp)
+                elif name == "model.generate":
+                    tok, dt = run_generate(ours, ids, sp)
+                else:
+                    tok, dt = run_llamacpp(llama, prompts, sp)
+                runs[name].append(tok / dt)
+                print(f"  batch {b:3d} run {r} {name:15s} {tok:6d} tokens {dt:7.1f} s {tok / dt:8.1f} tok/s", flush=True)
+        med = {name: statistics.median(v) for name, v in runs.items()}
+        results[b] = {"tokens_per_s": med, "runs": runs,
+                      "speedup_vs_generate": med["reasonlab-hf"] / med["model.generate"],
+                      "peak_fraction": {n: v * 2 * params / (peak * 1e9) for n, v in med.items()}}
+
+    print(f"\n{'batch':>5} {'method':16} {'tok/s (median)':>15} {'vs generate':>12} {'of fp32 peak':>13}")
+    for b, res in results.items():
+        for name, v in res["tokens_per_s"].items():
+            print(f"{b:>5} {name:16} {v:15.1f} {v / res['tokens_per_s']['model.generate']:11.2f}x "
+                  f"{res['peak_fraction'][name]:12.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_gflops": peak, "params": params, "threads": args.threads, "results": results,
+                       "date": time.strftime("%Y-%m-%d"), "machine": platform.platform()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
