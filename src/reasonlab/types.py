@@ -82,10 +82,13 @@ class Completion:
     prompt_index: int = 0
     """Index of the prompt in the ``generate`` call this completion answers."""
     prompt_token_ids: list[int] | None = None
+    num_tokens: int | None = None
+    """Generated-token count for backends that cannot return the ids themselves (some OpenAI-compatible
+    servers); when ``token_ids`` is filled it is the count."""
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) if self.token_ids else (self.num_tokens or 0)
 
     def to_dict(self, with_tokens: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {

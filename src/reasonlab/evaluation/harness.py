@@ -35,7 +35,7 @@ from reasonlab.types import SamplingParams, Status
 #: BENCHMARKS.md), small enough for a few minutes on 2 CPU cores.
 DEFAULT_TASK = "rg:basic_arithmetic"
 DEFAULT_TASK_OPTIONS = {"config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
-                                   "operators": ["+", "-"], "allow_parentheses": False,
+                                   "operators": ["+"], "allow_parentheses": False,
                                    "allow_negation": False}}
 
 

@@ -194,7 +194,8 @@ def _text_completion(choice: Any, index: int, prompt_tokens: int) -> Completion:
     tokens = list(lp.tokens) if lp is not None and lp.tokens is not None else None
     logprobs = [float(x) for x in lp.token_logprobs] if lp is not None and lp.token_logprobs is not None else None
     return Completion(text=choice.text or "", token_ids=_token_ids(choice, tokens), logprobs=logprobs,
-                      finish_reason=_finish(choice.finish_reason), prompt_tokens=prompt_tokens, prompt_index=index)
+                      finish_reason=_finish(choice.finish_reason), prompt_tokens=prompt_tokens, prompt_index=index,
+                      num_tokens=len(logprobs) if logprobs is not None else None)
 
 
 def _chat_completion(choice: Any, index: int, prompt_tokens: int) -> Completion:
@@ -202,4 +203,5 @@ def _chat_completion(choice: Any, index: int, prompt_tokens: int) -> Completion:
     tokens = [c.token for c in content] if content else None
     logprobs = [float(c.logprob) for c in content] if content else None
     return Completion(text=choice.message.content or "", token_ids=_token_ids(choice, tokens), logprobs=logprobs,
-                      finish_reason=_finish(choice.finish_reason), prompt_tokens=prompt_tokens, prompt_index=index)
+                      finish_reason=_finish(choice.finish_reason), prompt_tokens=prompt_tokens, prompt_index=index,
+                      num_tokens=len(logprobs) if logprobs is not None else None)
