@@ -29,8 +29,7 @@ from reasonlab.tasks.arith import ArithTask
 from reasonlab.types import SamplingParams
 
 
-def held_out_accuracy(model_dir: str, limit: int) -> float:
-    task = ArithTask()
+def held_out_accuracy(model_dir: str, limit: int, task: ArithTask) -> float:
     examples = task.examples("test", limit)
     policy = HFPolicy(model_dir, device="cpu", max_batch_size=128)
     comps = policy.generate([e.prompt for e in examples], SamplingParams(temperature=0, max_new_tokens=64,
@@ -47,6 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ASSET_DIR), help="where the finished checkpoint goes")
     ap.add_argument("--run-dir", default="runs/train-tiny", help="SFT run directory (checkpoints, metrics)")
     ap.add_argument("--eval-limit", type=int, default=500)
+    ap.add_argument("--max-value", type=int, default=ArithTask().max_value, help="largest operand of the task")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; the model is so small that one thread wastes little and a second "
                          "one mostly spins when the machine is shared")
@@ -55,13 +55,13 @@ def main() -> None:
 
     t0 = time.time()
     model, tok = new_tiny_model(seed=args.seed)
-    task = ArithTask()
+    task = ArithTask(max_value=args.max_value)
     rows = task.sft_rows()
     cfg = SFTConfig(model="tiny", out=args.run_dir, max_steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, warmup_steps=50, lr_schedule="cosine", weight_decay=0.01, max_seq_len=128,
                     save_every=250, log_every=50, seed=args.seed)
     summary = train(cfg, rows, model=model, tokenizer=tok)
-    acc = held_out_accuracy(summary["final_dir"], args.eval_limit)
+    acc = held_out_accuracy(summary["final_dir"], args.eval_limit, task)
 
     out = Path(args.out)
     if out.exists():
@@ -70,6 +70,7 @@ def main() -> None:
     card = {
         "description": "reasonlab tiny: a Llama-architecture decoder trained from scratch on arith traces",
         "parameters": sum(p.numel() for p in model.parameters()),
+        "task": {"min_ops": task.min_ops, "max_ops": task.max_ops, "max_value": task.max_value},
         "train_rows": len(rows), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "final_loss": summary.get("final_loss"),
         "heldout_greedy_accuracy": acc, "heldout_examples": args.eval_limit,

@@ -69,3 +69,12 @@ def test_gsm8k_gold():
     assert gsm8k_gold("#### 5 #### -3 ") == "-3"
     with pytest.raises(ValueError, match="####"):
         gsm8k_gold("no marker")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so the final answer is: 160,000 + 150 = 225,000.", "225,000"),
+    ("The answer is x = 5", "5"),
+    ("The answer is x <= 5", "x <= 5"),
+])
+def test_phrase_with_a_computation_takes_its_result(text, expected):
+    assert extract_answer(text) == expected

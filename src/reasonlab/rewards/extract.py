@@ -101,7 +101,15 @@ def _from_phrase(text: str) -> str | None:
     last = max(starts, key=lambda m: m.start())
     phrase = text[last.end() :].split("\n", 1)[0]
     boxed = extract_boxed(phrase)
-    return boxed if boxed is not None else (_clean(phrase) or None)
+    if boxed is not None:
+        return boxed
+    answer = _clean(phrase)
+    # "The final answer is 160 + 150 = 310": the answer is the result, after the last bare "="
+    # ("<=", ">=", "!=" are relations, not results).
+    parts = re.split(r"(?<![<>!=])=(?!=)", answer)
+    if len(parts) > 1 and parts[-1].strip():
+        answer = _clean(parts[-1])
+    return answer or None
 
 
 def extract_answer(text: str, *, last_number_fallback: bool = True) -> str | None:
