@@ -6,14 +6,18 @@ template), same settings: temperature 0.8, top-k and top-p off, 128 new tokens, 
 three are interleaved run by run, so machine noise hits them alike, and each figure is the median
 of ``--repeats`` runs. Tokens/s counts real generated tokens (up to and including EOS), not padding.
 
+Two workloads: ``distinct`` (B different prompts, one sample each) and ``grouped`` (B/8 prompts, 8
+samples each: the shape of GRPO rollouts and maj@8 evaluation; ``model.generate`` gets
+``num_return_sequences=8``, llama.cpp and our sampler get ``n=8``).
+
 Also printed: the fraction of the machine's fp32 matmul throughput each reaches, with 2 x parameters
 FLOPs per generated token (the usual estimate: one multiply-add per weight per token, attention
 ignored), and the peak measured with a large ``torch.mm`` on the same threads.
 
 Run::
 
-    python benchmarks/generation.py                      # batch 16 and 64, 3 repeats
-    python benchmarks/generation.py --batches 64 --repeats 5 --json out.json
+    python benchmarks/generation.py                      # batch 16 and 64, both workloads, 3 repeats
+    python benchmarks/generation.py --batches 64 --workloads grouped --repeats 5 --json out.json
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def run_ours(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> tupl
 
 
 def run_generate(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> tuple[int, float]:
-    # model.generate on the same left-padded batch, same sampling settings.
+    # model.generate on the same left-padded batch, same sampling settings; n samples per prompt
+    # through num_return_sequences (which expands the prompts before the prefill).
     width = max(len(x) for x in ids)
     inp = torch.full((len(ids), width), policy.pad_id, dtype=torch.long)
     mask = torch.zeros_like(inp)
@@ -66,7 +71,7 @@ def run_generate(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> 
     with torch.inference_mode():
         out = policy.model.generate(input_ids=inp, attention_mask=mask, max_new_tokens=sp.max_new_tokens,
                                     do_sample=True, temperature=sp.temperature, top_k=0, top_p=1.0,
-                                    pad_token_id=policy.pad_id)
+                                    num_return_sequences=sp.n, pad_token_id=policy.pad_id)
     dt = time.perf_counter() - t
     tokens = 0
     for row in out[:, width:].tolist():
@@ -83,6 +88,8 @@ def run_llamacpp(policy, prompts, sp: SamplingParams) -> tuple[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="16,64")
+    ap.add_argument("--workloads", default="distinct,grouped")
+    ap.add_argument("--group", type=int, default=8, help="samples per prompt in the grouped workload")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -106,33 +113,38 @@ def main() -> None:
           f"fp32 matmul peak {peak:.1f} GFLOP/s; model {params / 1e6:.1f}M params")
 
     results = {}
-    for b in [int(x) for x in args.batches.split(",")]:
-        prompts = [e.prompt for e in examples[:b]]
-        ids = [ours.encode(p) for p in prompts]
-        runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
-        if llama is not None:
-            runs["llama.cpp"] = []
-        for r in range(args.repeats):
-            sp = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=1000 + r)
-            for name in runs:
-                if name == "reasonlab-hf":
-                    tok, dt = run_ours(ours, ids, sp)
-                elif name == "model.generate":
-                    tok, dt = run_generate(ours, ids, sp)
-                else:
-                    tok, dt = run_llamacpp(llama, prompts, sp)
-                runs[name].append(tok / dt)
-                print(f"  batch {b:3d} run {r} {name:15s} {tok:6d} tokens {dt:7.1f} s {tok / dt:8.1f} tok/s", flush=True)
-        med = {name: statistics.median(v) for name, v in runs.items()}
-        results[b] = {"tokens_per_s": med, "runs": runs,
-                      "speedup_vs_generate": med["reasonlab-hf"] / med["model.generate"],
-                      "peak_fraction": {n: v * 2 * params / (peak * 1e9) for n, v in med.items()}}
+    for workload in args.workloads.split(","):
+        for b in [int(x) for x in args.batches.split(",")]:
+            n = args.group if workload == "grouped" else 1
+            prompts = [e.prompt for e in examples[:b // n]]
+            ids = [ours.encode(p) for p in prompts]
+            runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
+            if llama is not None:
+                runs["llama.cpp"] = []
+            for r in range(args.repeats):
+                sp = SamplingParams(n=n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                    seed=1000 + r)
+                for name in runs:
+                    if name == "reasonlab-hf":
+                        tok, dt = run_ours(ours, ids, sp)
+                    elif name == "model.generate":
+                        tok, dt = run_generate(ours, ids, sp)
+                    else:
+                        tok, dt = run_llamacpp(llama, prompts, sp)
+                    runs[name].append(tok / dt)
+                    print(f"  {workload:8s} batch {b:3d} run {r} {name:15s} {tok:6d} tokens {dt:7.1f} s "
+                          f"{tok / dt:8.1f} tok/s", flush=True)
+            med = {name: statistics.median(v) for name, v in runs.items()}
+            results[f"{workload}-{b}"] = {
+                "workload": workload, "batch": b, "tokens_per_s": med, "runs": runs,
+                "speedup_vs_generate": med["reasonlab-hf"] / med["model.generate"],
+                "peak_fraction": {k: v * 2 * params / (peak * 1e9) for k, v in med.items()}}
 
-    print(f"\n{'batch':>5} {'method':16} {'tok/s (median)':>15} {'vs generate':>12} {'of fp32 peak':>13}")
-    for b, res in results.items():
+    print(f"\n{'workload':9} {'batch':>5} {'method':16} {'tok/s (median)':>15} {'vs generate':>12} {'of fp32 peak':>13}")
+    for res in results.values():
         for name, v in res["tokens_per_s"].items():
-            print(f"{b:>5} {name:16} {v:15.1f} {v / res['tokens_per_s']['model.generate']:11.2f}x "
-                  f"{res['peak_fraction'][name]:12.1%}")
+            print(f"{res['workload']:9} {res['batch']:>5} {name:16} {v:15.1f} "
+                  f"{v / res['tokens_per_s']['model.generate']:11.2f}x {res['peak_fraction'][name]:12.1%}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_gflops": peak, "params": params, "threads": args.threads, "results": results,

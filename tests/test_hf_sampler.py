@@ -94,3 +94,14 @@ def test_sample_next_reports_unmodified_logprob():
     tok, lp = sample_next(logits, SamplingParams(temperature=0.3, top_k=1), g)
     assert tok.item() == 0
     assert lp.item() == pytest.approx(math.log(0.6), abs=1e-6)
+
+
+def test_bucketed_prefill_matches_one_padded_batch(random_tiny_dir, policy):
+    many = PROMPTS * 3 + ["Q: 1=?\nA: 1", "Q: 123+456+789=?\nA: "]
+    bucketed = HFPolicy(random_tiny_dir, device="cpu", prefill_rows=3, model=policy.model, tokenizer=policy.tokenizer)
+    single = HFPolicy(random_tiny_dir, device="cpu", prefill_rows=64, model=policy.model, tokenizer=policy.tokenizer)
+    sp = SamplingParams(n=2, temperature=0, max_new_tokens=12)
+    a, b = bucketed.generate(many, sp), single.generate(many, sp)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)

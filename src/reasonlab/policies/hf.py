@@ -6,9 +6,9 @@ Why not ``model.generate``: for RL rollouts and n-sample evaluation the sampler 
 * **Finished rows keep costing compute.** ``generate`` pads finished rows to the end of the batch;
   this sampler drops them from the batch (and from the KV cache) as they finish, so a batch costs
   what its live rows cost.
-* **The KV cache is copied every step.** The default dynamic cache grows by ``torch.cat``, which
-  rewrites the whole cache each token (quadratic memory traffic). Here each layer's cache is
-  preallocated for prompt + max_new_tokens and written in place.
+* **Padding costs prefill compute.** A left-padded batch of prompts spends FLOPs and masked
+  attention on padding (38% of a batch of 64 GSM8K prompts). On a CPU prompts are prefilled in small
+  buckets of similar length and the bucket caches are joined into one padded decode batch.
 * **The prompt is prefilled once for n samples.** Prompts are prefilled once per distinct prompt
   and their cache rows are repeated ``n`` times.
 * **Rows are bucketed by prompt length**, so left padding stays small.
@@ -95,83 +95,69 @@ def sample_next(logits: torch.Tensor, sampling: SamplingParams, generator: torch
 
 
 # ----------------------------------------------------------------------------------------------
-# KV cache written in place
+# Prefill: the prompt part of the KV cache
 # ----------------------------------------------------------------------------------------------
 
-def _prealloc_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PreallocLayer(DynamicLayer):
-        """A DynamicLayer whose storage is allocated once (capacity tokens) and written in place.
-
-        ``keys``/``values`` are views of the filled part, so everything in transformers that reads
-        them (masks, attention) sees an ordinary dynamic cache.
-        """
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-            self.length = 0
-
-        def lazy_initialization(self, key_states, value_states):
-            b, h, _, d = key_states.shape
-            self.dtype, self.device = key_states.dtype, key_states.device
-            self.kbuf = key_states.new_empty((b, h, self.capacity, d))
-            self.vbuf = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
-            self.is_initialized = True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            t = key_states.shape[-2]
-            if self.length + t > self.capacity:  # should not happen: capacity is prompt + max_new
-                grow = max(self.capacity, t)
-                self.kbuf = torch.cat([self.kbuf, self.kbuf.new_empty(self.kbuf.shape[:2] + (grow, self.kbuf.shape[-1]))], 2)
-                self.vbuf = torch.cat([self.vbuf, self.vbuf.new_empty(self.vbuf.shape[:2] + (grow, self.vbuf.shape[-1]))], 2)
-                self.capacity += grow
-            self.kbuf[:, :, self.length:self.length + t] = key_states
-            self.vbuf[:, :, self.length:self.length + t] = value_states
-            self.length += t
-            self.keys = self.kbuf[:, :, :self.length]
-            self.values = self.vbuf[:, :, :self.length]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.is_initialized:
-                self.kbuf = self.kbuf.repeat_interleave(repeats, dim=0)
-                self.vbuf = self.vbuf.repeat_interleave(repeats, dim=0)
-                self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self.kbuf = self.kbuf.index_select(0, indices)
-                self.vbuf = self.vbuf.index_select(0, indices)
-                self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
-
-    return PreallocLayer
+def _left_padded(prompts: list[list[int]], width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[r, width - len(p):] = 1
+    return ids, mask
 
 
-_PREALLOC = None
+def prefill(model, prompts: list[list[int]], pad_id: int, bucket_rows: int):
+    """Run the prompts through ``model``; return ``(cache, last_logits (U, V), mask (U, P), pos (U, P))``.
 
-
-def new_cache(model, capacity: int):
-    """A cache for ``model`` holding up to ``capacity`` tokens per row.
-
-    Models whose layers are all plain full-attention layers get preallocated layers; any other
-    layout (sliding windows, linear attention) keeps transformers' own cache, which is correct for
-    them, only slower.
+    The returned cache is left-padded to the longest prompt ``P`` (padding masked out). Prompts are
+    prefilled in buckets of ``bucket_rows`` prompts of similar length, each padded only to its own
+    longest, and the buckets' keys/values are then copied into the one decode cache. A single padded
+    batch spends FLOPs on padding (38% of a batch of 64 GSM8K chat prompts); one prompt at a time
+    runs small, inefficient GEMMs. On 2 CPU cores, 64 GSM8K prompts prefill in 30 s as one batch,
+    19 s one by one, 15 s in buckets of 8. A GPU wants one batch (``bucket_rows >= U``).
     """
-    global _PREALLOC
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
+    dev = next(model.parameters()).device
+    u, plen = len(prompts), max(len(p) for p in prompts)
     cache = DynamicCache(config=model.config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        _PREALLOC = _PREALLOC or _prealloc_layer_class()
-        cache.layers = [_PREALLOC(capacity) for _ in cache.layers]
-    return cache
+    # Joining bucket caches is only valid for plain full-attention layers.
+    if bucket_rows >= u or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        ids, mask = _left_padded(prompts, plen, pad_id)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        return cache, out.logits[:, -1], mask, pos
+    order = sorted(range(u), key=lambda r: len(prompts[r]))
+    mask = torch.zeros((u, plen), dtype=torch.long, device=dev)
+    logits = None
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for start in range(0, u, bucket_rows):
+        rows = order[start:start + bucket_rows]
+        width = max(len(prompts[r]) for r in rows)
+        ids, bmask = _left_padded([prompts[r] for r in rows], width, pad_id)
+        ids, bmask = ids.to(dev), bmask.to(dev)
+        bcache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=bmask, position_ids=(bmask.cumsum(-1) - 1).clamp(min=0),
+                    past_key_values=bcache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        idx = torch.tensor(rows, device=dev)
+        if logits is None:
+            logits = out.new_empty((u, out.shape[-1]))
+            for layer in bcache.layers:
+                keys.append(layer.keys.new_zeros((u, layer.keys.shape[1], plen, layer.keys.shape[3])))
+                values.append(layer.values.new_zeros((u, layer.values.shape[1], plen, layer.values.shape[3])))
+        logits[idx] = out
+        mask[idx, plen - width:] = bmask
+        for li, layer in enumerate(bcache.layers):
+            keys[li][idx, :, plen - width:] = layer.keys
+            values[li][idx, :, plen - width:] = layer.values
+    for li, layer in enumerate(cache.layers):
+        layer.update(keys[li], values[li])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return cache, logits, mask, pos
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +168,8 @@ class HFPolicy(Policy):
     """A transformers causal LM as a policy (generation) and a scorer of token ids (log-probs)."""
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
-                 max_batch_size: int = 64, model=None, tokenizer=None, threads: int | None = None):
+                 max_batch_size: int = 64, prefill_rows: int | None = None, model=None, tokenizer=None,
+                 threads: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(path)).name
@@ -190,6 +177,8 @@ class HFPolicy(Policy):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
+        # Prompts prefilled together (see ``prefill``): small buckets on a CPU, one batch on a GPU.
+        self.prefill_rows = prefill_rows or (8 if self.device.type == "cpu" else max_batch_size)
         if threads:
             torch.set_num_threads(threads)
         try:
@@ -258,16 +247,7 @@ class HFPolicy(Policy):
         if max_pos is not None and plen + max_new > max_pos:
             max_new = max(1, max_pos - plen)
         # Left padding: every row's last prompt token sits in the same column.
-        ids = torch.full((u, plen), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((u, plen), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, plen - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, plen - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.model, plen + max_new)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        cache, logits, mask, pos = prefill(self.model, prompts, self.pad_id, self.prefill_rows)
         if n > 1:  # prefill once per distinct prompt, then fan out
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, 0)
