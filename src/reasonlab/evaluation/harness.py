@@ -186,10 +186,7 @@ def summarize(records: list[dict[str, Any]], n: int, gen_seconds: float, wall_se
 def run_eval(cfg: EvalConfig, *, policy=None, task=None, console=None) -> dict[str, Any]:
     """Run (or resume) an evaluation and return its summary. ``policy``/``task`` may be given as objects."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reasonlab.policies import load_policy
-    from reasonlab.runtime import RunDir
     from reasonlab.tasks import load_task
 
     console = console or Console(stderr=True)
@@ -199,7 +196,21 @@ def run_eval(cfg: EvalConfig, *, policy=None, task=None, console=None) -> dict[s
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or another --out")
         _check_resumable(out, cfg)
     sampling = cfg.sampling()
+    own_task = task is None
     task = task or load_task(cfg.task, **task_options(cfg))
+    try:
+        return _run(cfg, out, sampling, task, policy, console)
+    finally:
+        if own_task:
+            task.close()
+
+
+def _run(cfg: EvalConfig, out: Path, sampling: SamplingParams, task, policy, console) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reasonlab.policies import load_policy
+    from reasonlab.runtime import RunDir
+
     examples = task.examples(cfg.split, cfg.limit)
     if not examples:
         raise UsageError(f"task {cfg.task!r} has no examples in split {cfg.split!r}")
@@ -263,7 +274,6 @@ def run_eval(cfg: EvalConfig, *, policy=None, task=None, console=None) -> dict[s
         finally:
             if own_policy and policy is not None:
                 policy.close()
-            task.close()
     return write_summary(complete=True)
 
 

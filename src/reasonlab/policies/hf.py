@@ -22,8 +22,6 @@ Run ``python benchmarks/generation.py`` to compare with ``model.generate`` and l
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Sequence
 
