@@ -115,3 +115,25 @@ def test_malformed_rows_reported_with_line_numbers(tmp_path):
     res = run_cli("eval", "--model", "tiny", "--task", f"gsm8k:{data}", "--limit", "1", "--out", str(tmp_path / "o"))
     assert res.returncode == 2
     assert "line 2" in res.stderr and "line 3" in res.stderr
+
+
+def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(random_tiny_dir, tmp_path, monkeypatch, capsys):
+    from reasonlab.policies import hf
+
+    real = hf.HFPolicy.generate_ids
+    calls = {"n": 0}
+
+    def interrupted_on_second_batch(self, prompt_ids, sampling):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, prompt_ids, sampling)
+
+    monkeypatch.setattr(hf.HFPolicy, "generate_ids", interrupted_on_second_batch)
+    out = tmp_path / "ev"
+    rc = main(["eval", "--model", random_tiny_dir, "--task", "arith", "--limit", "4", "--batch-size", "2",
+               "--max-new-tokens", "8", "--out", str(out)])
+    assert rc == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("reasonlab:")]
+    assert err == [f"reasonlab: interrupted: 2/4 examples saved in {out}; run the same command again to resume"]
+    assert len(read_samples(out)) == 2

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReasonlabError as e:
         print(f"reasonlab: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("reasonlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"reasonlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 

@@ -266,11 +266,11 @@ def _run(cfg: EvalConfig, out: Path, sampling: SamplingParams, task, policy, con
                     progress.update(bar, advance=len(batch), acc=f"{partial['accuracy']:.1%}",
                                     tps=f"{partial['tokens_per_second'] or 0:.0f}")
                     write_summary(complete=False)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             write_summary(complete=False)
-            console.print(f"[yellow]interrupted:[/] {len(done)}/{len(examples)} examples saved in {out}; "
-                          "run the same command again to resume")
-            raise
+            # The CLI prints this as its one line about the interruption.
+            raise KeyboardInterrupt(f"{len(done)}/{len(examples)} examples saved in {out}; "
+                                    "run the same command again to resume") from e
         finally:
             if own_policy and policy is not None:
                 policy.close()
