@@ -34,7 +34,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from reasonlab.policies.hf import HFPolicy  # noqa: E402
+from reasonlab.policies.hf import HFPolicy, _left_padded  # noqa: E402
 from reasonlab.policies.models import smollm2_gguf_path, smollm2_hf_checkpoint  # noqa: E402
 from reasonlab.tasks.gsm8k import GSM8KTask  # noqa: E402
 from reasonlab.types import SamplingParams  # noqa: E402
@@ -61,11 +61,7 @@ def run_generate(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> 
     # model.generate on the same left-padded batch, same sampling settings; n samples per prompt
     # through num_return_sequences (which expands the prompts before the prefill).
     width = max(len(x) for x in ids)
-    inp = torch.full((len(ids), width), policy.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(inp)
-    for r, x in enumerate(ids):
-        inp[r, width - len(x):] = torch.tensor(x)
-        mask[r, width - len(x):] = 1
+    inp, mask = _left_padded(ids, width, policy.pad_id)
     torch.manual_seed(sp.seed or 0)
     t = time.perf_counter()
     with torch.inference_mode():
