@@ -27,7 +27,8 @@ from reasonlab.tasks.math_jsonl import MathTask  # noqa: E402
 from reasonlab.tasks.prompts import BOXED_INSTRUCTION, FORMATS, THINK_SYSTEM_PROMPT, format_prompt, get_format  # noqa: E402
 from reasonlab.types import Status  # noqa: E402
 
-GSM8K_DIR = Path("/work/shared/data/gsm8k")
+# The shared data sits beside the checkout (../shared), wherever the checkout is (CI clones elsewhere).
+GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 needs_gsm8k = pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason="shared GSM8K data not present")
 
 
