@@ -2,6 +2,7 @@
 
     reasonlab eval  [--model M] [--task T] [--n N] [--limit L] [--out DIR] ...   evaluate (the main job)
     reasonlab train sft --model tiny --data rows.jsonl ...                        supervised fine-tuning
+    reasonlab train grpo|rloo|reinforce|ppo --config recipes/<name>.yaml ...       online RL
     reasonlab models                                                              built-in models
     reasonlab tasks                                                               task specs
 
@@ -23,6 +24,10 @@ USAGE = """usage: reasonlab <command> [options]
 commands:
   eval            evaluate a model on a task (greedy or n samples): accuracy, pass@k, maj@k
   train sft       supervised fine-tuning (loss on completion tokens, LoRA optional)
+  train grpo      online RL with group-relative advantages (DAPO / Dr.GRPO / GSPO variants)
+  train rloo      online RL with the leave-one-out baseline
+  train reinforce online RL: REINFORCE++ (batch-normalised advantages)
+  train ppo       online RL with a value head and GAE
   models          list the built-in models
   tasks           list the task specs
 
@@ -30,7 +35,8 @@ run `reasonlab <command> --help` for the options of a command."""
 
 
 def _train(argv: list[str]) -> int:
-    algos = {"sft": "reasonlab.learn.sft"}
+    algos = {"sft": "reasonlab.learn.sft", "grpo": "reasonlab.learn.grpo", "rloo": "reasonlab.learn.rloo",
+             "reinforce": "reasonlab.learn.reinforce", "ppo": "reasonlab.learn.ppo"}
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: reasonlab train {{{','.join(algos)}}} [options]")
         return 0 if argv else 2

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,33 +192,6 @@ def add_lora(model, cfg: SFTConfig):
     return get_peft_model(model, lc)
 
 
-class _StopOnCtrlC:
-    """First Ctrl-C: finish the current optimizer step, save a checkpoint, stop. Second: stop at once.
-
-    Stopping between steps (rather than wherever KeyboardInterrupt lands) guarantees the saved
-    weights, optimizer and data position belong to the same completed step.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._prev: Any = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)", file=sys.stderr)
-
-    def __enter__(self) -> "_StopOnCtrlC":
-        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
-            self._prev = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
-
-
 # -- training ------------------------------------------------------------------------------------
 
 
@@ -242,6 +213,7 @@ def train(cfg: SFTConfig, rows: list[dict] | None = None, *, model=None, tokeniz
 
     from reasonlab.learn.data import IGNORE_INDEX, collate, load_sft_rows, normalize_rows, tokenize_rows
     from reasonlab.runtime import MetricsLogger, RunDir, latest_checkpoint, load_checkpoint, save_checkpoint
+    from reasonlab.runtime.interrupt import StopOnCtrlC
 
     t_start = time.time()
     run = RunDir(cfg.out, config=cfg, resume=cfg.resume)
@@ -329,7 +301,7 @@ def train(cfg: SFTConfig, rows: list[dict] | None = None, *, model=None, tokeniz
                         TimeRemainingColumn())
     task = progress.add_task("", total=total_steps, completed=step)
     try:
-        with _StopOnCtrlC() as stop, progress:
+        with StopOnCtrlC() as stop, progress:
             while step < total_steps:
                 if index >= n:  # epoch finished: the next one has its own order
                     epoch, index = epoch + 1, 0

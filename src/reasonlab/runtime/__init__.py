@@ -7,6 +7,10 @@
   scheduler, RNG, data position).
 - :class:`MetricsLogger` (``runtime.metrics``) — metrics to ``metrics.jsonl``, TensorBoard and the
   console.
+- :class:`Monitor` (``runtime.monitor``) — the anomaly monitor (reward jumps, entropy collapse, KL
+  blow-up, length explosion/collapse, NaN, exploding gradients) and :func:`rollback`.
+- :func:`plot_metrics` / :func:`plot_runs` (``runtime.plots``) — learning curves as PNG.
+- :class:`StopOnCtrlC` (``runtime.interrupt``) — Ctrl-C finishes the step and saves.
 
 Names are imported on first use, so that a run directory can be used without importing torch.
 """
@@ -22,6 +26,14 @@ _WHERE = {
     "save_checkpoint": "reasonlab.runtime.checkpoint",
     "latest_checkpoint": "reasonlab.runtime.checkpoint",
     "load_checkpoint": "reasonlab.runtime.checkpoint",
+    "StopOnCtrlC": "reasonlab.runtime.interrupt",
+    "Monitor": "reasonlab.runtime.monitor",
+    "MonitorConfig": "reasonlab.runtime.monitor",
+    "Anomaly": "reasonlab.runtime.monitor",
+    "rollback": "reasonlab.runtime.monitor",
+    "last_good_checkpoint": "reasonlab.runtime.monitor",
+    "plot_metrics": "reasonlab.runtime.plots",
+    "plot_runs": "reasonlab.runtime.plots",
 }
 
 __all__ = list(_WHERE)

@@ -146,10 +146,11 @@ def _step_dirs(run_dir: Path, complete_only: bool = True) -> list[tuple[int, Pat
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer: Any = None,
                     scheduler: Any = None, data_state: dict[str, Any], extra: dict[str, Any] | None = None,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, modules: dict[str, torch.nn.Module] | None = None) -> Path:
     """Write ``run_dir/checkpoints/step_<step>/`` atomically, then keep only the newest ``keep_last``
     complete checkpoints (``keep_last <= 0`` keeps all). ``data_state`` and ``extra`` must be
-    JSON-serialisable. Returns the checkpoint's path."""
+    JSON-serialisable. ``modules`` are further trained modules outside ``model`` (e.g. a PPO value
+    head), saved as ``<name>.pt``. Returns the checkpoint's path."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a crash mid-save; only one process writes a run dir
@@ -164,6 +165,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, o
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        for name, module in (modules or {}).items():
+            torch.save(module.state_dict(), tmp / f"{name}.pt")
         state = {"step": int(step), "data_state": data_state, "extra": extra or {}}
         with open(tmp / _STATE, "w", encoding="utf-8") as f:
             json.dump(state, f, indent=2)
@@ -198,7 +201,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: Any = None,
-                    scheduler: Any = None) -> tuple[int, dict[str, Any], dict[str, Any]]:
+                    scheduler: Any = None, modules: dict[str, torch.nn.Module] | None = None
+                    ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """Restore weights, optimizer, scheduler and all RNG states from a checkpoint directory.
 
     Returns ``(step, data_state, extra)``. The model, optimizer and scheduler must be built the
@@ -217,5 +221,9 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: Any 
         if not (path / "scheduler.pt").exists():
             raise UsageError(f"{path} holds no scheduler state")
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+    for name, module in (modules or {}).items():
+        if not (path / f"{name}.pt").exists():
+            raise UsageError(f"{path} holds no {name} state")
+        module.load_state_dict(torch.load(path / f"{name}.pt", map_location="cpu", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
     return int(state["step"]), state.get("data_state") or {}, state.get("extra") or {}

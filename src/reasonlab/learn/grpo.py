@@ -1,0 +1,687 @@
+"""GRPO and its critic-free relatives (RLOO, REINFORCE, REINFORCE++): reasoning RL with verifiable rewards.
+
+Each step: take ``prompts_per_step`` training problems, sample ``group_size`` completions of each
+with the policy's own sampler, score them with the reward functions, turn rewards into advantages,
+and take ``mu`` clipped policy-gradient steps on exactly the sampled tokens. The loop is written out
+in :func:`train`; the maths are the pure functions of ``losses.py``, chosen by name:
+
+- ``advantage``: ``grpo`` (group mean and std, DeepSeekMath), ``drgrpo`` (no std scaling),
+  ``grpo_batch_std``, ``rloo`` (leave-one-out), ``reinforce`` (batch mean), ``reinforce_pp``,
+  ``reinforce_pp_baseline`` (REINFORCE++);
+- ``loss_agg``: ``token_mean`` (DAPO), ``seq_mean_token_mean`` (GRPO), ``seq_mean_token_sum_norm``
+  (Dr.GRPO); ``ratio``: ``token`` or ``sequence`` (GSPO); ``eps_low``/``eps_high`` (clip-higher),
+  ``dual_clip``; ``beta`` with ``kl_estimator`` k1/k2/k3 (``beta = 0`` loads no reference model);
+  ``entropy_coef``; ``dynamic_sampling`` (DAPO: drop groups whose rewards all agree, sample more);
+  ``overlong_filter`` (DAPO: truncated samples get no loss) and ``overlong_buffer`` (DAPO's soft
+  overlong punishment).
+
+``rloo.py`` and ``reinforce.py`` are this loop with their advantage estimators and defaults.
+
+Run::
+
+    reasonlab train grpo --config recipes/grpo-tiny-arith.yaml
+    reasonlab train grpo --model tiny --task arith --max-steps 100 --out runs/grpo-tiny
+
+The run directory gets ``config.yaml``, ``metrics.jsonl`` (+ TensorBoard), ``curves.png``,
+``eval/step_<N>/`` (held-out evaluations through the eval harness), ``checkpoints/``, ``final/`` and
+``summary.json``; ``anomalies/`` when the monitor fires. Re-running the command resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from reasonlab import config as config_lib
+from reasonlab.errors import UsageError
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Online RL with group-relative advantages (GRPO and variants) on a task with a verifier."""
+
+    model: str = "tiny"
+    """Policy to train: a built-in name (tiny, smollm2) or a local Hugging Face checkpoint directory."""
+    task: str = "arith"
+    """Task spec (see `reasonlab tasks`): training problems come from its train split."""
+    task_options: str = ""
+    """Task options as YAML/JSON, e.g. '{prompt_format: think}'."""
+    train_split: str = "train"
+    """Split the training prompts are drawn from."""
+    out: str = "runs/grpo"
+    """Run directory."""
+    rewards: str = "accuracy"
+    """Reward functions and weights: comma-separated name[=weight]; names: accuracy (the task's verifier),
+    format (<think>/<answer> format), or module:function for any TRL-shaped function."""
+    reward_on_error: str = "raise"
+    """A reward function that raises: raise (stop with its name; the last checkpoint is kept) or skip (report it
+    and score the batch without it)."""
+    advantage: str = "grpo"
+    """Advantage estimator: grpo, drgrpo, grpo_batch_std, rloo, reinforce, reinforce_pp, reinforce_pp_baseline."""
+    loss_agg: str = "token_mean"
+    """Loss aggregation: token_mean (DAPO), seq_mean_token_mean (GRPO), seq_mean_token_sum_norm (Dr.GRPO)."""
+    ratio: str = "token"
+    """Importance ratio: token (PPO/GRPO) or sequence (GSPO)."""
+    eps_low: float = 0.2
+    """Lower clip range: the ratio is clipped at 1 - eps_low."""
+    eps_high: float = 0.2
+    """Upper clip range: the ratio is clipped at 1 + eps_high (DAPO's clip-higher uses 0.28)."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c > 1 capping the loss of negative-advantage tokens at -c*A; 0 disables."""
+    mu: int = 1
+    """Policy updates per batch of rollouts (GRPO's mu); the first uses ratio 1."""
+    beta: float = 0.0
+    """KL coefficient to the frozen initial policy; 0 loads no reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1, k2 or k3."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (added to the objective)."""
+    prompts_per_step: int = 16
+    """Prompts (groups) per optimizer batch."""
+    group_size: int = 8
+    """Completions sampled per prompt."""
+    max_new_tokens: int = 128
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold of the rollouts."""
+    top_k: int = 0
+    """Top-k of the rollouts (0 disables)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards all agree (no learning signal) and sample more prompts to refill the batch."""
+    max_sampling_rounds: int = 3
+    """With dynamic_sampling: generation rounds per step before training on the groups found."""
+    overlong_filter: bool = False
+    """Give truncated completions (max_new_tokens reached) no loss (DAPO's overlong filtering)."""
+    overlong_buffer: int = 0
+    """Soft overlong punishment: in the last this many tokens before max_new_tokens the reward falls linearly
+    by up to overlong_penalty; 0 disables."""
+    overlong_penalty: float = 1.0
+    """Largest soft overlong punishment."""
+    max_steps: int = 100
+    """Optimizer batches to train on (each: prompts_per_step x group_size rollouts)."""
+    micro_batch_size: int = 32
+    """Completions per forward/backward pass; gradients accumulate over the batch."""
+    lr: float = 1e-5
+    """Peak learning rate of AdamW."""
+    lr_schedule: str = "constant"
+    """Learning-rate decay after warmup: constant, cosine or linear."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (matrices only)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; with beta > 0 the reference is the adapter-free model."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_targets: str = "all-linear"
+    """Modules that get adapters: all-linear or comma-separated module names."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, slower."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    dtype: str = "auto"
+    """Compute dtype (autocast): auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16."""
+    eval_every: int = 0
+    """Evaluate on held-out problems every this many steps (and before the first and after the last); 0: only
+    before and after."""
+    eval_limit: int = 200
+    """Held-out problems per evaluation (greedy decoding)."""
+    eval_split: str = "test"
+    """Split of the held-out evaluation."""
+    save_every: int = 25
+    """Checkpoint every this many steps (0: only at the end and on Ctrl-C)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (0 keeps all)."""
+    log_every: int = 1
+    """Log metrics every this many steps."""
+    monitor: str = ""
+    """Anomaly monitor settings as YAML/JSON (see reasonlab.runtime.monitor.MonitorConfig); empty: defaults,
+    'off' disables it."""
+    seed: int = 0
+    """Seed of the prompt order, the rollouts and LoRA init."""
+    resume: bool = True
+    """Resume from the latest checkpoint in out; with --no-resume an existing run directory is refused."""
+    save_final: bool = True
+    """Save the final policy to out/final as a Hugging Face checkpoint."""
+
+    def __post_init__(self) -> None:
+        from reasonlab.learn.losses import ADVANTAGES, AGGREGATIONS, RATIOS
+
+        checks = {"advantage": ADVANTAGES, "loss_agg": AGGREGATIONS, "ratio": RATIOS,
+                  "kl_estimator": ("k1", "k2", "k3"), "lr_schedule": ("constant", "cosine", "linear"),
+                  "reward_on_error": ("raise", "skip")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "mu", "log_every",
+                     "max_sampling_rounds", "eval_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.advantage == "rloo" and self.group_size < 2:
+            raise ValueError("rloo needs group_size >= 2")
+        if self.dual_clip and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {self.dual_clip}")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise ValueError("overlong_buffer must be smaller than max_new_tokens")
+
+
+def soft_overlong_penalty(length: int, max_len: int, buffer: int, penalty: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 until ``max_len - buffer``, then
+    falling linearly to ``-penalty`` at ``max_len``."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    return -penalty * min(1.0, (length - (max_len - buffer)) / buffer)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """The state of a GRPO run; :meth:`step` is one optimizer batch. :func:`train` drives it."""
+
+    label = "grpo"
+
+    def __init__(self, cfg: GRPOConfig, *, model=None, tokenizer=None, task=None):
+        import torch
+
+        from reasonlab.learn.sft import add_lora, load_model, lr_multiplier
+        from reasonlab.policies.hf import HFPolicy, pick_device, pick_dtype
+        from reasonlab.rewards.functions import build_reward_set
+        from reasonlab.tasks import load_task
+
+        self.cfg = cfg
+        # Task and rewards first: a typo there should not wait for a model to load.
+        self.own_task = task is None
+        self.task = task or load_task(cfg.task, **_task_options(cfg.task_options))
+        self.rewards = build_reward_set(cfg.rewards, self.task, cfg.reward_on_error)
+        self.device = pick_device(cfg.device)
+        self.amp_dtype = pick_dtype(cfg.dtype, self.device)
+        weights_dtype = self.amp_dtype if cfg.lora else torch.float32
+        if model is None:
+            model, tokenizer = load_model(cfg.model, weights_dtype)
+        elif tokenizer is None:
+            raise UsageError("Trainer(model=...) needs its tokenizer too")
+        model = model.to(dtype=weights_dtype)
+        _seed_everything(cfg.seed)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.ref_model = None
+        if cfg.lora:
+            model = add_lora(model, cfg)
+        elif cfg.beta > 0:
+            import copy
+
+            self.ref_model = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        # The policy shares the trained model: rollouts always come from the current weights.
+        self.policy = HFPolicy(cfg.model, model=self.model, tokenizer=tokenizer, device=str(self.device),
+                               dtype="float32" if self.amp_dtype == torch.float32 else cfg.dtype)
+        self.train_examples = self.task.examples(cfg.train_split)
+        if not self.train_examples:
+            raise UsageError(f"task {cfg.task!r} has no examples in split {cfg.train_split!r}")
+        self.prompt_ids = {}  # example id -> token ids, encoded once
+        self.modules = self.make_modules()  # trained modules besides the policy (PPO's value head)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params += [p for m in self.modules.values() for p in m.parameters()]
+        groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, max(cfg.max_steps, 1)))
+        self.step_no, self.epoch, self.index = 0, 0, 0
+        self._perm: list[int] | None = None
+        self._perm_epoch = -1
+        self.totals: dict[str, Any] = {"rollouts": 0, "generated_tokens": 0, "wall_time_s": 0.0}
+
+    def make_modules(self) -> dict[str, Any]:
+        """Further trained modules, checkpointed with the model; none for critic-free methods."""
+        return {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def next_examples(self, k: int) -> list[Any]:
+        """The next ``k`` training problems in this run's order (an epoch permutation of the split)."""
+        from reasonlab.learn.sft import epoch_permutation
+
+        out = []
+        n = len(self.train_examples)
+        while len(out) < k:
+            if self.index >= n:
+                self.epoch, self.index = self.epoch + 1, 0
+            if self._perm_epoch != self.epoch:
+                self._perm, self._perm_epoch = epoch_permutation(n, self.cfg.seed, self.epoch), self.epoch
+            out.append(self.train_examples[self._perm[self.index]])
+            self.index += 1
+        return out
+
+    def encode(self, example) -> list[int]:
+        if example.id not in self.prompt_ids:
+            self.prompt_ids[example.id] = self.policy.encode(example.prompt)
+        return self.prompt_ids[example.id]
+
+    # -- rollouts --------------------------------------------------------------------------------
+    def rollout(self, examples: list[Any], seed: int, group_offset: int = 0):
+        """Sample ``group_size`` completions per example and score them. Returns (samples, scores)."""
+        import torch
+
+        from reasonlab.learn.rollout import Sample
+        from reasonlab.types import SamplingParams
+
+        cfg = self.cfg
+        sampling = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                  max_new_tokens=cfg.max_new_tokens, stop=tuple(getattr(self.task, "stop", ()) or ()),
+                                  seed=seed)
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+            comps = self.policy.generate_ids([self.encode(e) for e in examples], sampling)
+        flat_ex = [examples[c.prompt_index] for c in comps]
+        t0 = time.time()
+        scores = self.rewards.score([e.prompt for e in flat_ex], [c.text for c in comps], flat_ex)
+        score_s = time.time() - t0
+        samples = []
+        for c, e, r in zip(comps, flat_ex, scores.total):
+            samples.append(Sample(prompt_ids=c.prompt_token_ids, completion_ids=c.token_ids, sampler_logp=c.logprobs,
+                                  truncated=c.finish_reason == "length", group=group_offset + c.prompt_index,
+                                  example=e, text=c.text, reward=math.nan if r is None else r))
+        return samples, scores, score_s
+
+    # -- one optimizer batch ---------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        import torch
+
+        from reasonlab.learn import losses
+        from reasonlab.learn.rollout import completion_logits, make_microbatches, repetition_rate, token_logps
+
+        cfg = self.cfg
+        t_start = time.time()
+        # 1. Rollouts (with dynamic sampling: more rounds until the batch holds informative groups).
+        samples, all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = [], [], 0.0, 0.0, 0, 0, 0
+        kept_groups: list[list[Any]] = []
+        while len(kept_groups) < cfg.prompts_per_step and rounds < (cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+            need = cfg.prompts_per_step - len(kept_groups)
+            examples = self.next_examples(need)
+            t0 = time.time()
+            new, scores, s_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101 + rounds,
+                                            group_offset=n_groups_seen)
+            gen_s += time.time() - t0 - s_s
+            score_s += s_s
+            rounds += 1
+            all_scores.append((new, scores))
+            for g in range(len(examples)):
+                grp = new[g * cfg.group_size:(g + 1) * cfg.group_size]
+                rs = [s.reward for s in grp if not math.isnan(s.reward)]
+                zero_var = len(rs) < 2 or max(rs) - min(rs) < 1e-9
+                n_zero_var += zero_var
+                if not (cfg.dynamic_sampling and zero_var):
+                    kept_groups.append(grp)
+            n_groups_seen += len(examples)
+        if not kept_groups:  # every group agreed in every round: nothing to learn from this step
+            kept_groups = [all_scores[-1][0][g * cfg.group_size:(g + 1) * cfg.group_size]
+                           for g in range(len(all_scores[-1][0]) // cfg.group_size)]
+        kept_groups = kept_groups[:cfg.prompts_per_step]
+        samples = [s for g in kept_groups for s in g]
+
+        # 2. Rewards -> advantages. A sample whose reward could not be computed (all functions None:
+        # e.g. a verifier timeout) takes its group's mean reward, i.e. advantage 0: it teaches nothing.
+        for s in samples:
+            if cfg.overlong_buffer:
+                s.reward += soft_overlong_penalty(len(s.completion_ids), cfg.max_new_tokens, cfg.overlong_buffer,
+                                                  cfg.overlong_penalty) if not math.isnan(s.reward) else 0.0
+        rewards = torch.tensor([[s.reward for s in g] for g in kept_groups], dtype=torch.float32)
+        missing = torch.isnan(rewards)
+        if missing.any():
+            fill = torch.nanmean(rewards, dim=1, keepdim=True).nan_to_num(0.0).expand_as(rewards)
+            rewards = torch.where(missing, fill, rewards)
+        adv = losses.ADVANTAGES[cfg.advantage](rewards).flatten()
+        for s, a in zip(samples, adv.tolist()):
+            s.advantage = a
+            if cfg.overlong_filter and s.truncated:
+                s.loss_weight_scale = 0.0
+
+        # 3. Policy update: mu passes over the batch, micro-batched, loss weights for the whole batch.
+        t_train = time.time()
+        self.model.train()
+        pad_id = self.policy.pad_id
+        mbs = make_microbatches(samples, cfg.micro_batch_size, pad_id)
+        t_max = max(max(len(s.completion_ids) for s in samples), 1)
+        full_mask = torch.zeros((len(samples), t_max))
+        for i, s in enumerate(samples):
+            full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
+        weights = losses.token_weights(full_mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
+        old_logps: dict[int, torch.Tensor] = {}
+        ref_logps: dict[int, torch.Tensor] = {}
+        stats = {k: 0.0 for k in ("loss", "kl", "entropy", "clipped_low", "clipped_high", "dual_clipped",
+                                  "sampler_gap_mean", "sampler_gap_max")}
+        n_tok = float(sum(len(s.completion_ids) for s in samples)) or 1.0
+        grad_norm = torch.tensor(0.0)
+        for it in range(cfg.mu):
+            for m, mb in enumerate(mbs):
+                mb = mb.to(self.device)
+                b, t = mb.mask.shape
+                w = weights[mb.index, :t].to(self.device)
+                a = torch.tensor([samples[i].advantage for i in mb.index], device=self.device)[:, None]
+                with autocast:
+                    logits = completion_logits(self.model, mb)
+                logp = token_logps(logits, mb.completion_ids)
+                if it == 0:
+                    # The batch was sampled from these very weights: the first pass's log-probs are
+                    # pi_old, so no separate no-grad forward is needed (ratio 1 on the first pass).
+                    old_logps[m] = logp.detach()
+                    gap = torch.zeros_like(logp)
+                    for r, i in enumerate(mb.index):
+                        sl = samples[i].sampler_logp
+                        if sl:
+                            gap[r, :len(sl)] = (logp[r, :len(sl)].detach() - torch.tensor(sl, device=self.device)).abs()
+                    stats["sampler_gap_mean"] += float((gap * mb.mask).sum()) / n_tok
+                    stats["sampler_gap_max"] = max(stats["sampler_gap_max"], float(gap.max()))
+                    if cfg.beta > 0:
+                        ref_logps[m] = self._ref_logp(mb, autocast)
+                log_ratio = losses.RATIOS[cfg.ratio](logp, old_logps[m], mb.mask)
+                pg, clip = losses.policy_loss(log_ratio, a, cfg.eps_low, cfg.eps_high, cfg.dual_clip or None)
+                per_token = pg
+                if cfg.beta > 0:
+                    kl = losses.kl_penalty(logp, ref_logps[m], cfg.kl_estimator)
+                    per_token = per_token + cfg.beta * kl
+                    stats["kl"] += float((kl.detach() * mb.mask).sum()) / n_tok / cfg.mu
+                need_entropy = cfg.entropy_coef > 0
+                with torch.set_grad_enabled(need_entropy):
+                    ent = losses.entropy_from_logits(logits if need_entropy else logits.detach())
+                if need_entropy:
+                    per_token = per_token - cfg.entropy_coef * ent
+                loss = (per_token * w).sum()
+                loss.backward()
+                stats["loss"] += float(loss.detach()) / cfg.mu
+                stats["entropy"] += float((ent.detach() * mb.mask).sum()) / n_tok / cfg.mu
+                for k in ("clipped_low", "clipped_high", "dual_clipped"):
+                    stats[k] += float((clip[k] * mb.mask).sum()) / n_tok / cfg.mu
+                del logits, logp
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_no += 1
+        train_s = time.time() - t_train
+
+        # 4. Metrics.
+        lens = [len(s.completion_ids) for s in samples]
+        gen_tokens = sum(len(s.completion_ids) for new, _ in all_scores for s in new)
+        self.totals["rollouts"] += sum(len(new) for new, _ in all_scores)
+        self.totals["generated_tokens"] += gen_tokens
+        wall = time.time() - t_start
+        rec: dict[str, Any] = {
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+            "advantage_abs_mean": float(adv.abs().mean()),
+            **{k: v for k, v in stats.items()},
+            "grad_norm": float(grad_norm), "lr": lr,
+            "completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
+            "completion_len_min": min(lens),
+            "truncation_rate": sum(s.truncated for s in samples) / len(samples),
+            "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples),
+            "zero_variance_groups": n_zero_var / max(n_groups_seen, 1),
+            "sampling_rounds": rounds,
+            "tokens_per_s": gen_tokens / max(wall, 1e-9),
+            "time_generation_s": gen_s, "time_scoring_s": score_s, "time_training_s": train_s, "time_step_s": wall,
+        }
+        for new, scores in all_scores:  # per-function means over everything sampled this step
+            for name, vals in scores.per_function.items():
+                got = [v for v in vals if v is not None]
+                rec.setdefault(f"reward/{name}", []).extend(got)
+                rec[f"reward/{name}/missing"] = rec.get(f"reward/{name}/missing", 0) + (len(vals) - len(got))
+            if scores.results is not None:
+                rec.setdefault("_results", []).extend(scores.results)
+            for name, msg in scores.errors.items():
+                print(f"warning: step {self.step_no}: {msg}", file=sys.stderr)
+                rec[f"reward/{name}/errors"] = rec.get(f"reward/{name}/errors", 0) + 1
+        for k in [k for k in rec if k.startswith("reward/") and isinstance(rec[k], list)]:
+            vals = rec[k]
+            rec[k] = sum(vals) / len(vals) if vals else float("nan")
+        results = rec.pop("_results", None)
+        if results is not None:
+            from reasonlab.types import Status
+
+            rec["accuracy"] = sum(r.status is Status.OK for r in results) / len(results)
+            rec["verifier_timeouts"] = sum(r.status is Status.TIMEOUT for r in results)
+            rec["verifier_errors"] = sum(r.status is Status.ERROR for r in results)
+        self.last_samples = samples
+        return rec
+
+    def _ref_logp(self, mb, autocast):
+        import torch
+
+        from reasonlab.learn.rollout import completion_logits, token_logps
+
+        with torch.no_grad(), autocast:
+            if self.ref_model is not None:
+                logits = completion_logits(self.ref_model, mb)
+            else:  # LoRA: the reference is the base model with the adapters switched off
+                with self.model.disable_adapter():
+                    logits = completion_logits(self.model, mb)
+        return token_logps(logits.float(), mb.completion_ids)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, run_dir: Path) -> float:
+        """Greedy accuracy on held-out problems, through the eval harness (samples kept in run_dir)."""
+        import torch
+        from rich.console import Console
+
+        from reasonlab.evaluation.harness import EvalConfig, run_eval
+
+        cfg = self.cfg
+        self.model.eval()
+        ecfg = EvalConfig(model=cfg.model, task=cfg.task, task_options=cfg.task_options, n=1, temperature=0.0,
+                          max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit, split=cfg.eval_split,
+                          out=str(run_dir / "eval" / f"step_{self.step_no}"), batch_size=64, seed=cfg.seed)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+            summary = run_eval(ecfg, policy=self.policy, task=self.task, console=Console(quiet=True))
+        return float(summary["accuracy"])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, run_dir: Path, extra: dict[str, Any]) -> None:
+        from reasonlab.runtime import save_checkpoint
+
+        save_checkpoint(run_dir, self.step_no, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        data_state={"epoch": self.epoch, "index": self.index, "num_examples": len(self.train_examples)},
+                        extra={**extra, "totals": self.totals}, keep_last=self.cfg.keep_last, modules=self.modules)
+
+    def restore(self, path: Path) -> dict[str, Any]:
+        from reasonlab.runtime import load_checkpoint
+
+        self.step_no, data, extra = load_checkpoint(path, model=self.model, optimizer=self.optimizer,
+                                                    scheduler=self.scheduler, modules=self.modules)
+        self.epoch, self.index = data["epoch"], data["index"]
+        self.totals.update(extra.get("totals", {}))
+        return extra
+
+    def close(self) -> None:
+        if self.own_task:
+            self.task.close()
+
+
+def _task_options(text: str) -> dict[str, Any]:
+    import yaml
+
+    if not text.strip():
+        return {}
+    opts = yaml.safe_load(text)
+    if not isinstance(opts, dict):
+        raise UsageError(f"task_options must be a mapping, got {text!r}")
+    return opts
+
+
+def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
+          on_step: Callable[[int, dict, "Trainer"], None] | None = None, trainer_cls: type | None = None) -> dict[str, Any]:
+    """Run (or resume) GRPO; returns the summary. ``on_step(step, metrics, trainer)`` after each step.
+
+    ``trainer_cls`` swaps the per-step algorithm (PPO passes its own); the run loop -- evaluation,
+    checkpoints, the anomaly monitor, Ctrl-C -- is the same for every algorithm.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from reasonlab.runtime import MetricsLogger, RunDir, latest_checkpoint
+    from reasonlab.runtime.interrupt import StopOnCtrlC
+
+    t_start = time.time()
+    run = RunDir(cfg.out, config=cfg, resume=cfg.resume)
+    tr = (trainer_cls or Trainer)(cfg, model=model, tokenizer=tokenizer, task=task)
+    extra: dict[str, Any] = {"evals": {}}
+    ckpt = latest_checkpoint(run.path) if cfg.resume else None
+    if ckpt is not None:
+        extra.update(tr.restore(ckpt))
+    monitor = _make_monitor(cfg.monitor, run.path, tr.step_no if ckpt is not None else None)
+    if monitor is not None and ckpt is not None and "monitor" in extra:
+        monitor.load_state_dict(extra["monitor"])
+    if ckpt is not None:
+        print(f"resuming from {ckpt} (step {tr.step_no} of {cfg.max_steps})", file=sys.stderr)
+    wall_before = tr.totals["wall_time_s"]
+    metrics = MetricsLogger(run, resume_step=tr.step_no)
+
+    def checkpoint() -> None:
+        tr.totals["wall_time_s"] = wall_before + time.time() - t_start
+        state = {"evals": extra["evals"]}
+        if monitor is not None:
+            state["monitor"] = monitor.state_dict()
+        tr.save(run.path, state)
+
+    def evaluate() -> None:
+        if str(tr.step_no) not in extra["evals"]:
+            acc = tr.evaluate(run.path)
+            extra["evals"][str(tr.step_no)] = acc
+            metrics.log(tr.step_no, {"val_accuracy": acc})
+
+    progress = Progress(TextColumn(f"[bold]{tr.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeRemainingColumn())
+    bar = progress.add_task("", total=cfg.max_steps, completed=tr.step_no)
+    stopped_by = None
+    saved_at = tr.step_no
+    try:
+        with StopOnCtrlC() as stop, progress:
+            evaluate()
+            while tr.step_no < cfg.max_steps:
+                rec = tr.step()
+                step = tr.step_no
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    metrics.log(step, rec)
+                progress.update(bar, completed=step,
+                                description=f"reward {rec['reward_mean']:.3f} acc {rec.get('accuracy', float('nan')):.3f}")
+                if on_step is not None:
+                    on_step(step, rec, tr)
+                if monitor is not None:
+                    fired = monitor.update(step, rec, samples=_sample_dump(tr.last_samples))
+                    action = monitor.decision(fired) if fired else None
+                    for a in fired:
+                        print(f"monitor: {a.message} -> {a.action}", file=sys.stderr)
+                    if action == "stop":
+                        stopped_by = fired[0].message
+                        break
+                    if action == "rollback":
+                        from reasonlab.runtime.monitor import rollback
+
+                        restored = rollback(run.path, tr.model, tr.optimizer, tr.scheduler,
+                                            monitor.config.rollback_lr_factor, before_step=step, monitor=monitor,
+                                            modules=tr.modules)
+                        if restored is None:
+                            stopped_by = f"{fired[0].message}; no checkpoint to roll back to"
+                            break
+                        tr.step_no = restored
+                        print(f"monitor: rolled back to step {restored}, lr now {tr.optimizer.param_groups[0]['lr']:.3g}",
+                              file=sys.stderr)
+                        continue
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    evaluate()
+                if cfg.save_every and step % cfg.save_every == 0:
+                    checkpoint()
+                    saved_at = step
+                if stop.requested and step < cfg.max_steps:
+                    if saved_at != step:
+                        checkpoint()
+                    raise KeyboardInterrupt
+            evaluate()
+            if saved_at != tr.step_no:
+                checkpoint()
+    except KeyboardInterrupt:
+        run.write_json("summary.json", _summary(cfg, tr, extra, interrupted=True))
+        raise
+    finally:
+        metrics.close()
+        _plot(run.path)
+        tr.close()
+    if cfg.save_final and stopped_by is None:
+        final = run / "final"
+        out_model = tr.model.merge_and_unload() if cfg.lora else tr.model
+        out_model.save_pretrained(str(final))
+        tr.tokenizer.save_pretrained(str(final))
+    summary = _summary(cfg, tr, extra, stopped_by=stopped_by)
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _sample_dump(samples) -> list[dict[str, Any]]:
+    return [{"prompt": getattr(s.example, "prompt", None), "completion": s.text, "reward": s.reward,
+             "advantage": s.advantage} for s in samples]
+
+
+def _make_monitor(spec: str, run_path: Path, resume_step: int | None):
+    from reasonlab.runtime.monitor import Monitor, MonitorConfig
+
+    if spec.strip().lower() == "off":
+        return None
+    opts = _task_options(spec) if spec.strip() else {}
+    return Monitor(config_lib.build(MonitorConfig, opts), run_dir=run_path, resume_step=resume_step)
+
+
+def _plot(run_path: Path) -> None:
+    from reasonlab.runtime.plots import plot_metrics
+
+    try:
+        plot_metrics(run_path)
+    except Exception as e:  # a plot must never take a finished run down with it
+        print(f"warning: could not plot learning curves: {e}", file=sys.stderr)
+
+
+def _summary(cfg: GRPOConfig, tr: Trainer, extra: dict[str, Any], interrupted: bool = False,
+             stopped_by: str | None = None) -> dict[str, Any]:
+    evals = {int(k): v for k, v in extra.get("evals", {}).items()}
+    first = evals[min(evals)] if evals else None
+    last = evals[max(evals)] if evals else None
+    return {"steps": tr.step_no, "max_steps": cfg.max_steps, "interrupted": interrupted, "stopped_by": stopped_by,
+            "val_accuracy_first": first, "val_accuracy_last": last,
+            "val_accuracy_gain": None if first is None or last is None else last - first,
+            "val_accuracy_by_step": dict(sorted(evals.items())), **tr.totals, "out": cfg.out}
+
+
+def main(argv: list[str] | None = None, config_cls: type = GRPOConfig, prog: str = "reasonlab train grpo",
+         trainer_cls: type | None = None) -> int:
+    cfg = config_lib.parse(config_cls, argv, prog=prog)
+    summary = train(cfg, trainer_cls=trainer_cls)
+    print(f"done: {summary['steps']} steps; held-out accuracy {summary['val_accuracy_first']} -> "
+          f"{summary['val_accuracy_last']}; run in {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""PPO with a learned critic: a value head on the policy's backbone, GAE, value clipping, adaptive KL.
+
+The RLHF form of PPO (Ziegler et al. 2019; Ouyang et al. 2022) on verifiable rewards: each completion
+token is an action; the token reward is ``-beta * (logp - ref_logp)`` (the per-token KL penalty,
+when ``beta > 0``) plus the sequence's reward on its last token. A linear value head reads the
+backbone's last hidden state at every position (shared backbone; ``separate_critic`` gives the
+critic its own copy of the backbone instead), advantages are GAE(gamma, lambda) whitened over the
+batch, and ``mu`` epochs of clipped policy and value updates follow. With ``kl_target`` set, beta
+follows the adaptive controller.
+
+The run loop (evaluation, checkpoints, monitor, Ctrl-C) is ``grpo.train``; only :meth:`PPOTrainer.step`
+differs. Run::
+
+    reasonlab train ppo --config recipes/ppo-tiny-arith.yaml
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from reasonlab.learn.grpo import GRPOConfig, Trainer, main as _main
+
+
+@dataclass(frozen=True)
+class PPOConfig(GRPOConfig):
+    """PPO: clipped policy updates with a value head, GAE advantages and an (adaptive) KL penalty in the reward."""
+
+    out: str = "runs/ppo"
+    """Run directory."""
+    group_size: int = 4
+    """Completions sampled per prompt (PPO needs no groups; several per prompt just fill the batch cheaply)."""
+    mu: int = 2
+    """PPO epochs over each batch of rollouts."""
+    gamma: float = 1.0
+    """Discount of future token rewards."""
+    lam: float = 0.95
+    """GAE lambda."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    value_clip: float = 0.2
+    """Clip range of the value update around the rollout's values; 0 disables."""
+    value_lr_scale: float = 10.0
+    """The value head's learning rate is lr times this (a fresh head must move faster than the fine-tuned policy)."""
+    kl_target: float = 0.0
+    """Adaptive KL: steer the per-sequence KL towards this target by adjusting beta; 0 keeps beta fixed."""
+    kl_horizon: int = 10000
+    """Adaptive KL horizon in samples."""
+    separate_critic: bool = False
+    """Give the critic its own copy of the backbone instead of sharing the policy's."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0 and std 1 over the batch's tokens."""
+
+
+def _decoder_and_head(model):
+    """The backbone (returning hidden states) and the output projection of a causal LM (peft or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def hidden_at_completion(backbone, mb):
+    """Last hidden state at the positions predicting each completion token: ``(b, T, H)``."""
+    t = mb.completion_ids.shape[1]
+    out = backbone(input_ids=mb.input_ids, attention_mask=mb.attention_mask, position_ids=mb.position_ids,
+                   use_cache=False)
+    return out.last_hidden_state[:, -(t + 1):-1]
+
+
+class PPOTrainer(Trainer):
+    label = "ppo"
+
+    def make_modules(self) -> dict[str, Any]:
+        import copy
+
+        import torch
+
+        cfg = self.cfg
+        hidden = self.model.config.hidden_size if hasattr(self.model, "config") else None
+        head = torch.nn.Linear(hidden, 1).to(self.device)
+        torch.nn.init.zeros_(head.weight)  # start from V = 0: the first advantages are the plain returns
+        torch.nn.init.zeros_(head.bias)
+        modules: dict[str, Any] = {"value_head": head}
+        if cfg.separate_critic:
+            critic, _ = _decoder_and_head(self.model)
+            modules["critic"] = copy.deepcopy(critic).to(self.device)
+        from reasonlab.learn.losses import AdaptiveKLController
+
+        self.kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target > 0 else None
+        return modules
+
+    def _value_param_groups(self) -> None:
+        # The value head (and separate critic) learn at a higher rate than the policy.
+        import torch
+
+        vparams = {id(p) for m in self.modules.values() for p in m.parameters()}
+        policy = [p for p in self.params if id(p) not in vparams]
+        value = [p for p in self.params if id(p) in vparams]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [p for p in policy if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
+             {"params": [p for p in policy if p.ndim < 2], "weight_decay": 0.0},
+             {"params": value, "weight_decay": 0.0, "lr": self.cfg.lr * self.cfg.value_lr_scale}],
+            lr=self.cfg.lr, fused=self.device.type == "cuda")
+        from reasonlab.learn.sft import lr_multiplier
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(self.cfg.lr_schedule, self.cfg.warmup_steps, max(self.cfg.max_steps, 1)))
+
+    def __init__(self, cfg: PPOConfig, **kw: Any):
+        super().__init__(cfg, **kw)
+        self._value_param_groups()
+
+    @property
+    def beta(self) -> float:
+        return self.kl_ctl.beta if self.kl_ctl is not None else self.cfg.beta
+
+    def _forward(self, mb):
+        """Policy logits and values at the completion positions: ``(b, T, V)``, ``(b, T)``."""
+        decoder, lm_head = _decoder_and_head(self.model)
+        h = hidden_at_completion(decoder, mb)
+        logits = lm_head(h).float()
+        hv = hidden_at_completion(self.modules["critic"], mb) if "critic" in self.modules else h
+        values = self.modules["value_head"](hv.float()).squeeze(-1)
+        return logits, values
+
+    def step(self) -> dict[str, Any]:
+        import torch
+
+        from reasonlab.learn import losses
+        from reasonlab.learn.rollout import make_microbatches, repetition_rate, token_logps
+
+        cfg = self.cfg
+        t_start = time.time()
+        examples = self.next_examples(cfg.prompts_per_step)
+        samples, scores, score_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101)
+        gen_s = time.time() - t_start - score_s
+        for s in samples:  # a reward that could not be computed teaches nothing: 0 and excluded from the loss
+            if math.isnan(s.reward):
+                s.reward, s.loss_weight_scale = 0.0, 0.0
+            if cfg.overlong_filter and s.truncated:
+                s.loss_weight_scale = 0.0
+
+        t_train = time.time()
+        mbs = make_microbatches(samples, cfg.micro_batch_size, self.policy.pad_id)
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
+        # 1. Rollout statistics under the sampling weights: old log-probs, values, reference log-probs.
+        old_logp, old_values, adv_t, ret_t, kls = {}, {}, {}, {}, []
+        self.model.eval()
+        with torch.no_grad():
+            for m, mb in enumerate(mbs):
+                mb = mb.to(self.device)
+                with autocast:
+                    logits, values = self._forward(mb)
+                lp = token_logps(logits, mb.completion_ids)
+                old_logp[m], old_values[m] = lp, values.float() * mb.mask
+                token_r = torch.zeros_like(lp)
+                if cfg.beta > 0 or self.kl_ctl is not None:
+                    ref = self._ref_logp(mb, autocast)
+                    kl = (lp - ref) * mb.mask                       # k1 per token, as in the reward of RLHF PPO
+                    token_r = token_r - self.beta * kl
+                    kls.extend(kl.sum(1).tolist())
+                lengths = mb.mask.sum(1).long()
+                for r, i in enumerate(mb.index):                    # the outcome reward on the last token
+                    if lengths[r] > 0:
+                        token_r[r, lengths[r] - 1] += samples[i].reward
+                adv_t[m], ret_t[m] = losses.gae(token_r, old_values[m], mb.mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            allv = torch.cat([adv_t[m][mb.mask.to(self.device) > 0] for m, mb in enumerate(mbs)])
+            mean, std = allv.mean(), allv.std(unbiased=False) + 1e-6
+            for m in adv_t:
+                adv_t[m] = (adv_t[m] - mean) / std
+
+        # 2. mu epochs of clipped policy + value updates over the batch (one optimizer step per epoch).
+        self.model.train()
+        t_max = max(max(len(s.completion_ids) for s in samples), 1)
+        full_mask = torch.zeros((len(samples), t_max))
+        for i, s in enumerate(samples):
+            full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
+        weights = losses.token_weights(full_mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
+        stats = {k: 0.0 for k in ("loss", "policy_loss", "value_loss", "entropy", "clipped_low", "clipped_high")}
+        n_tok = float(sum(len(s.completion_ids) for s in samples)) or 1.0
+        for it in range(cfg.mu):
+            for m, mb in enumerate(mbs):
+                mb = mb.to(self.device)
+                t = mb.mask.shape[1]
+                w = weights[mb.index, :t].to(self.device)
+                with autocast:
+                    logits, values = self._forward(mb)
+                logp = token_logps(logits, mb.completion_ids)
+                pg, clip = losses.policy_loss(losses.RATIOS[cfg.ratio](logp, old_logp[m], mb.mask), adv_t[m],
+                                              cfg.eps_low, cfg.eps_high, cfg.dual_clip or None)
+                vl = losses.value_loss(values.float(), old_values[m], ret_t[m], cfg.value_clip or None)
+                loss = ((pg + cfg.vf_coef * vl) * w).sum()
+                loss.backward()
+                with torch.no_grad():
+                    ent = losses.entropy_from_logits(logits)
+                stats["loss"] += float(loss.detach()) / cfg.mu
+                stats["policy_loss"] += float((pg.detach() * w).sum()) / cfg.mu
+                stats["value_loss"] += float((vl.detach() * w).sum()) / cfg.mu
+                stats["entropy"] += float((ent * mb.mask).sum()) / n_tok / cfg.mu
+                for k in ("clipped_low", "clipped_high"):
+                    stats[k] += float((clip[k] * mb.mask).sum()) / n_tok / cfg.mu
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        kl_mean = sum(kls) / len(kls) if kls else 0.0
+        if self.kl_ctl is not None:
+            self.kl_ctl.update(kl_mean, len(samples))
+        self.step_no += 1
+
+        lens = [len(s.completion_ids) for s in samples]
+        self.totals["rollouts"] += len(samples)
+        self.totals["generated_tokens"] += sum(lens)
+        wall = time.time() - t_start
+        rewards = [s.reward for s in samples]
+        rmean = sum(rewards) / len(rewards)
+        rec: dict[str, Any] = {
+            "reward_mean": rmean, "reward_std": math.sqrt(sum((r - rmean) ** 2 for r in rewards) / len(rewards)),
+            **stats, "kl": kl_mean, "beta": self.beta, "grad_norm": float(grad_norm), "lr": lr,
+            "value_mean": float(sum(float((v * mbs[m].mask.to(v.device)).sum()) for m, v in old_values.items()) / n_tok),
+            "completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
+            "completion_len_min": min(lens), "truncation_rate": sum(s.truncated for s in samples) / len(samples),
+            "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples),
+            "tokens_per_s": sum(lens) / max(wall, 1e-9), "time_generation_s": gen_s, "time_scoring_s": score_s,
+            "time_training_s": time.time() - t_train, "time_step_s": wall,
+        }
+        for name, vals in scores.per_function.items():
+            got = [v for v in vals if v is not None]
+            rec[f"reward/{name}"] = sum(got) / len(got) if got else float("nan")
+        if scores.results is not None:
+            from reasonlab.types import Status
+
+            rec["accuracy"] = sum(r.status is Status.OK for r in scores.results) / len(scores.results)
+        self.last_samples = samples
+        return rec
+
+    def save(self, run_dir, extra):
+        if self.kl_ctl is not None:
+            extra = {**extra, "kl_ctl": self.kl_ctl.state_dict()}
+        super().save(run_dir, extra)
+
+    def restore(self, path):
+        extra = super().restore(path)
+        if self.kl_ctl is not None and "kl_ctl" in extra:
+            self.kl_ctl.load_state_dict(extra["kl_ctl"])
+        return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _main(argv, PPOConfig, "reasonlab train ppo", trainer_cls=PPOTrainer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""End-to-end checks of the online-RL trainers on the shipped tiny model (each well under a minute).
+
+- GRPO raises the reward on a fixed set of training prompts (it learns, not just runs);
+- a run stopped mid-way and resumed matches the uninterrupted run's next steps and final weights;
+- RLOO, REINFORCE++ and PPO run their own advantage estimators through the same loop;
+- the anomaly monitor rolls a run back to its last checkpoint when a reward hack appears;
+- a failing reward function stops the run with its name, or is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from reasonlab.errors import UsageError
+from reasonlab.learn.grpo import GRPOConfig, Trainer, soft_overlong_penalty, train
+from reasonlab.learn.ppo import PPOConfig, PPOTrainer
+from reasonlab.learn.rloo import RLOOConfig
+from reasonlab.rewards.functions import RewardError
+from reasonlab.tasks.arith import ArithTask
+from reasonlab.types import SamplingParams
+
+
+def small_task(n_train: int = 16) -> ArithTask:
+    # Two-operand problems and a small fixed training set: the reward can move within a few steps.
+    return ArithTask(min_ops=2, max_ops=3, test_size=32, train_size=n_train, seed=3)
+
+
+def base_cfg(tmp_path, **kw) -> GRPOConfig:
+    opts = dict(model="tiny", task="arith", out=str(tmp_path / "run"), max_steps=4, prompts_per_step=8, group_size=8,
+                max_new_tokens=48, lr=1e-4, eval_limit=16, save_every=2, monitor="off", save_final=False, seed=0)
+    opts.update(kw)
+    return GRPOConfig(**opts)
+
+
+def mean_sampled_reward(trainer: Trainer, examples, seed: int = 123, n: int = 16) -> float:
+    comps = trainer.policy.generate_ids([trainer.encode(e) for e in examples],
+                                        SamplingParams(n=n, temperature=1.0, max_new_tokens=48, seed=seed,
+                                                       stop=trainer.task.stop))
+    res = trainer.task.score_many([examples[c.prompt_index] for c in comps], [c.text for c in comps])
+    return sum(r.correct for r in res) / len(res)
+
+
+def test_grpo_raises_reward_on_its_training_prompts(tmp_path):
+    task = small_task()
+    cfg = base_cfg(tmp_path, max_steps=12, prompts_per_step=16, lr=2e-4, save_every=0)
+    tr = Trainer(cfg, task=task)
+    before = mean_sampled_reward(tr, tr.train_examples)
+    recs = [tr.step() for _ in range(cfg.max_steps)]
+    after = mean_sampled_reward(tr, tr.train_examples)
+    assert after >= before + 0.1, (before, after, [round(r["reward_mean"], 3) for r in recs])
+    r = recs[-1]
+    for key in ("reward_mean", "reward_std", "accuracy", "entropy", "grad_norm", "completion_len_mean",
+                "truncation_rate", "repetition_rate", "zero_variance_groups", "clipped_low", "clipped_high",
+                "sampler_gap_mean", "tokens_per_s", "time_generation_s", "time_scoring_s", "time_training_s"):
+        assert key in r, key
+    # The trainer learns on the sampler's own tokens: its log-probs agree with the sampler's.
+    assert r["sampler_gap_max"] < 1e-3
+
+
+def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path):
+    full = base_cfg(tmp_path / "a", max_steps=4, save_every=2)
+    train(full, task=small_task())
+    # The same run, stopped after step 2 (as a crash after the step-2 checkpoint would), then resumed.
+    part = base_cfg(tmp_path / "b", max_steps=4, save_every=2)
+
+    def crash(step, rec, tr):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(part, task=small_task(), on_step=crash)
+    train(part, task=small_task())
+    a = [json.loads(x) for x in open(tmp_path / "a" / "run" / "metrics.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "b" / "run" / "metrics.jsonl")]
+    pick = lambda rows: {r["step"]: (r.get("reward_mean"), r.get("loss"), r.get("val_accuracy"))  # noqa: E731
+                         for r in rows if r["step"] > 2 and "reward_mean" in r}
+    assert pick(a) == pick(b) and len(pick(a)) == 2
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "a" / "run" / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "run" / "checkpoints" / "step_4" / "model" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("cfg_cls,trainer_cls,extra", [
+    (RLOOConfig, None, {}),
+    (GRPOConfig, None, {"advantage": "reinforce_pp_baseline"}),
+    (GRPOConfig, None, {"advantage": "drgrpo", "loss_agg": "seq_mean_token_sum_norm", "ratio": "sequence",
+                        "mu": 2, "eps_high": 0.28, "dual_clip": 3.0, "beta": 0.05, "entropy_coef": 0.001,
+                        "dynamic_sampling": True, "overlong_filter": True, "overlong_buffer": 8}),
+    (PPOConfig, PPOTrainer, {"beta": 0.02, "kl_target": 0.05}),
+])
+def test_variants_run_and_update_the_weights(tmp_path, cfg_cls, trainer_cls, extra):
+    opts = dict(model="tiny", task="arith", out=str(tmp_path / "run"), max_steps=2, prompts_per_step=4,
+                group_size=4, max_new_tokens=48, lr=1e-4, eval_limit=8, save_every=0, monitor="off", save_final=False)
+    opts.update(extra)
+    cfg = cfg_cls(**opts)
+    tr = (trainer_cls or Trainer)(cfg, task=small_task())
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    recs = [tr.step() for _ in range(2)]
+    changed = sum(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+    assert changed > 0
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs)
+    if extra.get("beta"):
+        assert "kl" in recs[-1] and recs[-1]["kl"] == recs[-1]["kl"]
+
+
+def test_soft_overlong_penalty():
+    assert soft_overlong_penalty(70, 100, 20) == 0.0
+    assert soft_overlong_penalty(80, 100, 20) == 0.0
+    assert soft_overlong_penalty(90, 100, 20) == pytest.approx(-0.5)
+    assert soft_overlong_penalty(95, 100, 20) == pytest.approx(-0.75)
+    assert soft_overlong_penalty(100, 100, 20) == pytest.approx(-1.0)
+    assert soft_overlong_penalty(130, 100, 20, penalty=0.5) == pytest.approx(-0.5)
+    assert soft_overlong_penalty(99, 100, 0) == 0.0
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="advantage"):
+        GRPOConfig(advantage="ppo2")
+    with pytest.raises(ValueError, match="loss_agg"):
+        GRPOConfig(loss_agg="sum")
+    with pytest.raises(ValueError, match="rloo needs"):
+        RLOOConfig(group_size=1)
+    with pytest.raises(UsageError, match="unknown reward"):
+        Trainer(GRPOConfig(rewards="accuracy,bogus", monitor="off"), task=small_task())
+
+
+@pytest.fixture
+def fake_rewards(monkeypatch):
+    mod = types.ModuleType("fake_rewards")
+    calls = {"n": 0}
+
+    def broken(prompts, completions, **kw):
+        raise ZeroDivisionError("boom")
+
+    def hack_after_step_3(prompts, completions, **kw):
+        # Rewards look normal (noisy, centred) for 3 steps, then jump to 5 for everything: a "hack".
+        calls["n"] += 1
+        g = torch.Generator().manual_seed(calls["n"])
+        if calls["n"] > 3:
+            return [5.0] * len(completions)
+        return [float(x) for x in torch.rand(len(completions), generator=g) * 0.2]
+
+    mod.broken, mod.hack = broken, hack_after_step_3
+    monkeypatch.setitem(sys.modules, "fake_rewards", mod)
+    return calls
+
+
+def test_failing_reward_function_is_named_or_skipped(tmp_path, fake_rewards):
+    cfg = base_cfg(tmp_path, rewards="accuracy,fake_rewards:broken", max_steps=1)
+    with pytest.raises(RewardError, match="'fake_rewards:broken' failed: ZeroDivisionError: boom"):
+        Trainer(cfg, task=small_task()).step()
+    cfg = base_cfg(tmp_path, rewards="accuracy,fake_rewards:broken", reward_on_error="skip", max_steps=1)
+    rec = Trainer(cfg, task=small_task()).step()
+    assert rec["reward/fake_rewards:broken/errors"] == 1
+    assert rec["reward_mean"] == pytest.approx(rec["reward/accuracy"])  # scored without the broken one
+
+
+def test_monitor_rolls_back_on_a_reward_jump(tmp_path, fake_rewards):
+    monitor = ("{monitor_warmup: 2, reward_jump_k: 4, reward_jump_action: rollback, entropy_action: 'off', "
+               "length_action: 'off', grad_action: 'off', kl_action: 'off', max_rollbacks: 1}")
+    cfg = base_cfg(tmp_path, rewards="fake_rewards:hack", max_steps=5, save_every=1, keep_last=0, monitor=monitor,
+                   prompts_per_step=4, group_size=4)
+    summary = train(cfg, task=small_task())
+    run = tmp_path / "run"
+    events = [json.loads(x) for x in open(run / "anomalies.jsonl")]
+    assert any(e.get("kind") == "reward_jump" for e in events)
+    rb = [e for e in events if e.get("event") == "rollback"]
+    assert rb and rb[0]["restored_step"] == 3
+    dumps = list((run / "anomalies").glob("step_4_reward_jump.jsonl"))
+    assert dumps and json.loads(dumps[0].read_text().splitlines()[0])["reward"] == 5.0
+    assert summary["steps"] <= 5
