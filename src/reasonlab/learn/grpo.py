@@ -105,6 +105,9 @@ class GRPOConfig:
     """Largest soft overlong punishment."""
     max_steps: int = 100
     """Optimizer batches to train on (each: prompts_per_step x group_size rollouts)."""
+    max_minutes: float = 0.0
+    """Stop training after this much wall time (all sessions of the run, evaluations included), then evaluate
+    and save as at the end; 0: no limit."""
     micro_batch_size: int = 32
     """Completions per forward/backward pass; gradients accumulate over the batch."""
     lr: float = 1e-5
@@ -169,7 +172,7 @@ class GRPOConfig:
                      "max_sampling_rounds", "eval_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
+        for name in ("max_steps", "max_minutes", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.advantage == "rloo" and self.group_size < 2:
@@ -616,6 +619,9 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
                 if cfg.save_every and step % cfg.save_every == 0:
                     checkpoint()
                     saved_at = step
+                if cfg.max_minutes and wall_before + time.time() - t_start >= cfg.max_minutes * 60:
+                    print(f"time limit of {cfg.max_minutes:g} min reached at step {step}", file=sys.stderr)
+                    break
                 if stop.requested and step < cfg.max_steps:
                     if saved_at != step:
                         checkpoint()

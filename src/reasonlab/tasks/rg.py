@@ -104,7 +104,7 @@ class ReasoningGymTask(AnswerTask):
         if split not in SPLITS:
             raise UsageError(f"rg:{self.dataset_name} has splits {', '.join(SPLITS)}, not {split!r}")
         if split not in self._datasets:
-            self._datasets[split] = self._create(self.seed + TRAIN_SEED_OFFSET)
+            self._datasets[split] = self._create(self.seed + (TRAIN_SEED_OFFSET if split == "train" else 0))
         return self._datasets[split]
 
     def _record(self, split: str, i: int) -> Record:
