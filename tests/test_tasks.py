@@ -218,6 +218,27 @@ def test_math_jsonl_gold_from_boxed_or_answer(tmp_path):
     assert [n for n, _ in err.value.problems] == [1, 3]
 
 
+def test_strict_verifier_for_rewards(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"problem": "1+2?", "answer": "3"}])
+    task = MathTask(f)
+    (ex,) = task.examples()
+    hedge = "It could be \\boxed{4} or \\boxed{3}."
+    try:
+        assert task.score(ex, hedge).status is Status.OK          # evaluation: the last answer counts
+        task.use_strict_verifier()                                # what RL trainers do
+        assert task.score(ex, hedge).status is Status.UNPARSABLE  # a reward: disagreeing answers earn nothing
+        assert task.score(ex, "So \\boxed{3}.").status is Status.OK
+    finally:
+        task.close()
+    strict = MathTask(f, verifier={"strict": True})  # the same from YAML task options
+    try:
+        assert strict.score(ex, hedge).status is Status.UNPARSABLE
+    finally:
+        strict.close()
+    with pytest.raises(UsageError, match="bad verifier options"):
+        MathTask(f, verifier={"strictness": 1})
+
+
 def test_math_fewshot_needs_a_train_split(tmp_path):
     f = write_jsonl(tmp_path / "test.jsonl", [{"problem": "p", "answer": "1"}])
     with pytest.raises(UsageError, match="no train split"):

@@ -57,6 +57,9 @@ class GRPOConfig:
     rewards: str = "accuracy"
     """Reward functions and weights: comma-separated name[=weight]; names: accuracy (the task's verifier),
     format (<think>/<answer> format), or module:function for any TRL-shaped function."""
+    strict_rewards: bool = True
+    """Score with the task's strict verifier where it has one (math answers: hedged, ambiguous or several answers
+    earn nothing; see benchmarks/hacking_probes.py). Held-out evaluations use the same verifier."""
     reward_on_error: str = "raise"
     """A reward function that raises: raise (stop with its name; the last checkpoint is kept) or skip (report it
     and score the batch without it)."""
@@ -87,7 +90,7 @@ class GRPOConfig:
     max_new_tokens: int = 128
     """Longest completion in tokens."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts."""
+    """Sampling temperature of the rollouts; the trainer's log-probs use it too (the sampling policy is the one improved)."""
     top_p: float = 1.0
     """Nucleus sampling threshold of the rollouts."""
     top_k: int = 0
@@ -219,6 +222,8 @@ class Trainer:
         # Task and rewards first: a typo there should not wait for a model to load.
         self.own_task = task is None
         self.task = task or load_task(cfg.task, **_task_options(cfg.task_options))
+        if cfg.strict_rewards and hasattr(self.task, "use_strict_verifier"):
+            self.task.use_strict_verifier()
         self.rewards = build_reward_set(cfg.rewards, self.task, cfg.reward_on_error)
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_dtype(cfg.dtype, self.device)
@@ -389,16 +394,20 @@ class Trainer:
                 a = torch.tensor([samples[i].advantage for i in mb.index], device=self.device)[:, None]
                 with autocast:
                     logits = completion_logits(self.model, mb)
-                logp = token_logps(logits, mb.completion_ids)
+                # The policy being improved is the one that sampled: log-probs at the sampling temperature
+                # (as TRL and verl compute them).
+                logp = token_logps(logits / cfg.temperature if cfg.temperature != 1.0 else logits, mb.completion_ids)
                 if it == 0:
                     # The batch was sampled from these very weights: the first pass's log-probs are
                     # pi_old, so no separate no-grad forward is needed (ratio 1 on the first pass).
                     old_logps[m] = logp.detach()
-                    gap = torch.zeros_like(logp)
+                    # The sampler reports the model's own (temperature-free) log-probs: compare like with like.
+                    raw = logp.detach() if cfg.temperature == 1.0 else token_logps(logits.detach(), mb.completion_ids)
+                    gap = torch.zeros_like(raw)
                     for r, i in enumerate(mb.index):
                         sl = samples[i].sampler_logp
                         if sl:
-                            gap[r, :len(sl)] = (logp[r, :len(sl)].detach() - torch.tensor(sl, device=self.device)).abs()
+                            gap[r, :len(sl)] = (raw[r, :len(sl)] - torch.tensor(sl, device=self.device)).abs()
                     stats["sampler_gap_mean"] += float((gap * mb.mask).sum()) / n_tok
                     stats["sampler_gap_max"] = max(stats["sampler_gap_max"], float(gap.max()))
                     if cfg.beta > 0:
@@ -484,7 +493,8 @@ class Trainer:
             else:  # LoRA: the reference is the base model with the adapters switched off
                 with self.model.disable_adapter():
                     logits = completion_logits(self.model, mb)
-        return token_logps(logits.float(), mb.completion_ids)
+        t = self.cfg.temperature
+        return token_logps(logits.float() / t if t != 1.0 else logits.float(), mb.completion_ids)
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, run_dir: Path) -> float:

@@ -121,6 +121,8 @@ class PPOTrainer(Trainer):
         decoder, lm_head = _decoder_and_head(self.model)
         h = hidden_at_completion(decoder, mb)
         logits = lm_head(h).float()
+        if self.cfg.temperature != 1.0:  # the sampling policy is the one improved (see GRPOConfig.temperature)
+            logits = logits / self.cfg.temperature
         hv = hidden_at_completion(self.modules["critic"], mb) if "critic" in self.modules else h
         values = self.modules["value_head"](hv.float()).squeeze(-1)
         return logits, values

@@ -9,6 +9,9 @@ from the most explicit to the least:
 3. a phrase: "The answer is X", "Final answer: X", "Answer: X", or GSM8K's ``#### X``;
 4. optionally, the last number in the text (what GSM8K-style evaluations fall back to).
 
+``strict=True`` is for rewards: a hedged or ambiguous answer (answers that disagree, an empty answer
+block, a nested box, "19 = 18") is no answer, and there is no last-number fallback.
+
 Extraction returns the answer *as written* (``"1,234"`` stays ``"1,234"``); deciding what it is
 equal to is the verifier's job (``reasonlab.rewards.math``). Everything here is a pure function on
 strings, so it is cheap enough to run in the parent process for every completion.
@@ -16,7 +19,9 @@ strings, so it is cheap enough to run in the parent process for every completion
 
 from __future__ import annotations
 
+import ast
 import re
+from fractions import Fraction
 
 __all__ = ["extract_answer", "extract_boxed", "find_all_boxed", "gsm8k_gold"]
 
@@ -92,14 +97,9 @@ def _clean(answer: str) -> str:
     return s.rstrip(".").strip()
 
 
-def _from_phrase(text: str) -> str | None:
-    starts = [m for pattern in _PHRASES for m in pattern.finditer(text)]
-    # Skip phrases with nothing after them on their line ("the answer is\n\n" from a truncation).
-    starts = [m for m in starts if text[m.end() :].split("\n", 1)[0].strip()]
-    if not starts:
-        return None
-    last = max(starts, key=lambda m: m.start())
-    phrase = text[last.end() :].split("\n", 1)[0]
+def _phrase_answer(text: str, m: re.Match) -> str | None:
+    """The answer a phrase match introduces: the rest of its line, cleaned (see _from_phrase)."""
+    phrase = text[m.end() :].split("\n", 1)[0]
     boxed = extract_boxed(phrase)
     if boxed is not None:
         return boxed
@@ -112,14 +112,139 @@ def _from_phrase(text: str) -> str | None:
     return answer or None
 
 
-def extract_answer(text: str, *, last_number_fallback: bool = True) -> str | None:
+def _phrase_matches(text: str) -> list[re.Match]:
+    starts = [m for pattern in _PHRASES for m in pattern.finditer(text)]
+    # Skip phrases with nothing after them on their line ("the answer is\n\n" from a truncation).
+    return sorted((m for m in starts if text[m.end() :].split("\n", 1)[0].strip()), key=lambda m: m.start())
+
+
+def _from_phrase(text: str) -> str | None:
+    matches = _phrase_matches(text)
+    return _phrase_answer(text, matches[-1]) if matches else None
+
+
+# ---- strict extraction (rewards): an ambiguous answer is no answer --------------------------------
+
+_NESTED_BOX = re.compile(r"\\(?:boxed|fbox)\b")
+_LONE_VARIABLE = re.compile(r"^\s*\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*$")  # "x", "n_1", "\\theta"
+_ARITH_CHARS = re.compile(r"^[\d\s.+\-*/()]+$")
+_ARITH_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+              ast.Div: lambda a, b: a / b}
+
+
+def _norm(answer: str) -> str:
+    return re.sub(r"\s+|\$", "", answer).rstrip(".")
+
+
+def _agree(answers: list[str]) -> str | None:
+    """The last answer if all agree (as written, spacing aside), else None."""
+    return answers[-1] if answers and len({_norm(a) for a in answers}) == 1 else None
+
+
+def _strict_statement(statement: str) -> str | None | bool:
+    """The answer one statement (an answer block, a phrase's line) gives; False if it is ambiguous.
+
+    A statement with boxes: the boxes must agree, none may hold another box, and no digit may stand
+    outside them ("19 \\boxed{18}" says two things). "19 = 18" (a number equated to another) is
+    ambiguous too; "160 + 150 = 310" still gives 310.
+    """
+    boxes = find_all_boxed(statement)
+    if boxes:
+        if any(_NESTED_BOX.search(b) for b in boxes):
+            return False
+        outside = _BOX_BARE.sub(" ", statement)
+        for b in boxes:
+            outside = outside.replace(b, " ", 1)
+        if re.search(r"\d", outside):
+            return False
+        return _agree(boxes) or False
+    parts = re.split(r"(?<![<>!=])=(?!=)", statement)
+    if len(parts) > 1:
+        lhs, rhs = _clean(parts[-2]), _clean(parts[-1])
+        if _LONE_VARIABLE.match(lhs):
+            return None  # "x = 5"
+        left, right = _arith_value(lhs), _arith_value(rhs)
+        if left is None or right is None or left != right:
+            return False  # "19 = 18", "\\frac{3}{4}+1 = \\frac{3}{4}": not a true calculation ending in the answer
+    return None
+
+
+
+def _arith_value(expr: str) -> Fraction | None:
+    """Exact value of plain arithmetic ("160 + 150", "3 \\times 4", "1,000"), or None for anything else."""
+    s = expr.replace("$", "").replace(",", "")
+    for op, py in (("\\times", "*"), ("\\cdot", "*"), ("\u00d7", "*"), ("\\div", "/"), ("\u00f7", "/")):
+        s = s.replace(op, py)
+    if not s.strip() or not _ARITH_CHARS.match(s) or "**" in s:
+        return None
+    try:
+        tree = ast.parse(s.strip(), mode="eval")
+    except SyntaxError:
+        return None
+
+    def value(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+            v = value(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS:
+            return _ARITH_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not plain arithmetic")
+
+    try:
+        return value(tree)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _strict_answer(text: str) -> str | None:
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        content = tags[-1].strip()
+        if not content or len({_norm(t) for t in tags}) > 1:
+            return None  # an empty answer block, or answer blocks that disagree
+        boxed = _strict_statement(content)
+        if boxed is False:
+            return None
+        if boxed:
+            return boxed
+        phrases = [a for m in _phrase_matches(content) if (a := _phrase_answer(content, m))]
+        inner = _agree(phrases) if phrases else _clean(content) or content
+        return inner if inner and _strict_statement(inner) is not False else None
+    boxes = find_all_boxed(text)
+    phrase_answers: list[str] = []
+    for m in _phrase_matches(text):
+        line = text[m.end():].split("\n", 1)[0]
+        verdict = _strict_statement(line)
+        if verdict is False:
+            return None
+        answer = _phrase_answer(text, m)
+        if answer and re.search(r"\d", answer):  # phrases in prose ("the answer is not obvious") do not count
+            phrase_answers.append(answer)
+    if any(_NESTED_BOX.search(b) for b in boxes) or any(not b.strip() for b in boxes[-1:]):
+        return None
+    candidates = boxes + phrase_answers
+    return _agree(candidates) if candidates else None
+
+
+def extract_answer(text: str, *, last_number_fallback: bool = True, strict: bool = False) -> str | None:
     """The final answer stated in ``text``, or ``None`` if it states none.
 
     See the module docstring for the order of the rules. ``last_number_fallback=False`` turns off
     rule 4, for callers that want an explicitly stated answer only (format rewards, strict evals).
+
+    ``strict=True`` (rewards) refuses an ambiguous answer instead of taking the last one: an empty
+    last answer block is no answer (no falling through to boxes or numbers); answer blocks, boxes
+    and answer phrases that disagree give None, as do nested boxes, digits outside the box of an
+    answer statement, and "19 = 18". It never falls back to the last number.
     """
     if not text:
         return None
+    if strict:
+        return _strict_answer(text)
     tags = _ANSWER_TAG.findall(text)
     if tags:
         content = tags[-1].strip()

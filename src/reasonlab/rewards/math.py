@@ -45,6 +45,12 @@ class MathVerifierConfig:
     """Worker processes for math-verify comparisons (score_many runs that many at once)."""
     rel_tol: float = 1e-6
     """Relative tolerance when both answers are plain numbers (two integers must match exactly)."""
+    strict: bool = False
+    """Refuse hedged or ambiguous answers, as a reward must: strict extraction (``extract_answer(strict=True)``:
+    disagreeing answers, empty answer blocks and nested boxes give no answer; no last-number fallback); a
+    plain number is required when the gold is one; an answer that negates, strikes out or hides part of
+    itself (``\\neg``, ``\\cancel``, ``\\phantom``, "not", "wrong") or equates two values (``19 = 18``) is
+    unparsable. ``x = 5`` still reads as 5."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +238,38 @@ def _is_prose(answer: str) -> bool:
     return bool(_PROSE.match(answer.strip())) and len(words) >= 2
 
 
+_SELF_NEGATING = re.compile(
+    r"\\(?:neg|lnot|not)(?![a-zA-Z])|\\(?:cancel|bcancel|xcancel|sout|phantom|hphantom|vphantom)\s*\{"
+    r"|\b(?:not|no|wrong|incorrect|false|never)\b",
+    re.IGNORECASE,
+)
+_BARE_EQUALS = re.compile(r"(?<![<>!=\\])=(?!=)")
+_LONE_VARIABLE = re.compile(r"^\s*\\?[A-Za-z]+(?:_\{?\w+\}?)?\s*$")
+_TEXT_GROUP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
+
+
+def _prose_words(s: str) -> set[str]:
+    """Words of four or more letters written outside LaTeX commands and \\text{} (units, words in math mode)."""
+    s = re.sub(r"\\[A-Za-z]+", " ", _TEXT_GROUP.sub(" ", s))
+    return {w.lower() for w in re.findall(r"[A-Za-z]{4,}", s)}
+
+
+def _strict_prediction(gold: str, pred: str) -> tuple[str | None, RewardResult | None]:
+    """Strict mode: ``(prediction to compare, None)``, or ``(None, the verdict)`` when it is refused."""
+    if _SELF_NEGATING.search(pred) and not _SELF_NEGATING.search(gold):
+        return None, RewardResult.unparsable(f"the answer negates, strikes out or hides part of itself: {pred[:80]!r}")
+    if _BARE_EQUALS.search(pred) and not _BARE_EQUALS.search(gold):
+        lhs, rhs = _BARE_EQUALS.split(pred)[-2:]
+        if not _LONE_VARIABLE.match(lhs) or not rhs.strip():
+            return None, RewardResult.unparsable(f"an equation between values, not an answer: {pred[:80]!r}")
+        pred = rhs.strip()
+    if "?" in pred or _prose_words(pred) - _prose_words(gold):
+        return None, RewardResult.unparsable(f"the answer is prose, not math: {pred[:80]!r}")
+    if parse_number(gold) is not None and parse_number(pred) is None:
+        return None, RewardResult.wrong(pred, "the gold answer is a number and this answer is not one")
+    return pred, None
+
+
 def _strip_math_delimiters(s: str) -> str:
     s = s.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
@@ -274,11 +312,18 @@ class MathVerifier:
         results: list[RewardResult | None] = [None] * len(golds)
         slow: list[tuple[int, str, str]] = []  # (index, gold, prediction) for math-verify
         for i, (gold, completion) in enumerate(zip(golds, completions)):
-            pred = extract_answer(completion)
+            strict = self.config.strict
+            pred = extract_answer(completion, strict=strict, last_number_fallback=not strict)
             if pred is None or not pred.strip():
-                results[i] = RewardResult.unparsable("no answer found in the completion")
+                results[i] = RewardResult.unparsable("no answer found in the completion" if not strict
+                                                     else "no unambiguous answer found in the completion")
                 continue
             gold, pred = _strip_math_delimiters(gold), _strip_math_delimiters(pred)
+            if strict:
+                pred, refused = _strict_prediction(gold, pred)  # type: ignore[assignment]
+                if refused is not None:
+                    results[i] = refused
+                    continue
             results[i] = self._quick(gold, pred)
             if results[i] is None:
                 slow.append((i, gold, pred))

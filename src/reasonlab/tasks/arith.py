@@ -26,7 +26,8 @@ from reasonlab.errors import UsageError
 from reasonlab.tasks.base import Task
 from reasonlab.types import Example, RewardResult
 
-ANSWER_RE = re.compile(r"answer:\s*(-?\d+)")
+# The integer must be all that is left of its line: "answer: 64.5" or "answer: 64+1" is not 64.
+ANSWER_RE = re.compile(r"answer:[ \t]*(-?\d+)[ \t]*$", re.MULTILINE)
 _SPLIT_SEEDS = {"test": 1_000_003, "train": 7}
 
 
@@ -99,7 +100,8 @@ class ArithTask(Task):
     @staticmethod
     def extract(completion: str) -> str | None:
         found = ANSWER_RE.findall(completion)
-        return found[-1] if found else None
+        # Several different answer lines are a hedge, not an answer.
+        return found[-1] if found and len({int(f) for f in found}) == 1 else None
 
     def score(self, example: Example, completion: str) -> RewardResult:
         got = self.extract(completion)

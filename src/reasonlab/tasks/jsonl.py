@@ -163,6 +163,13 @@ class AnswerTask(Task):
         # Formats that show no worked examples ignore num_fewshot, so no train split is needed.
         self.num_fewshot = num_fewshot if self.format.uses_fewshot else 0
         self.stop = self.format.stop
+        if isinstance(verifier, dict):  # from YAML task options: {verifier: {strict: true}}
+            from reasonlab.rewards.math import MathVerifierConfig
+
+            try:
+                verifier = MathVerifierConfig(**verifier)
+            except TypeError as e:
+                raise UsageError(f"bad verifier options {verifier}: {e}") from e
         self._verifier_config = verifier
         self._verifier: "MathVerifier | None" = None
         self._shots: list[Shot] | None = None
@@ -211,6 +218,20 @@ class AnswerTask(Task):
             meta = dict(r.meta)  # each Example owns its meta
             out.append(Example(id=f"{self.name}/{r.key}", prompt=prompt, answer=r.answer, question=r.question, meta=meta))
         return out
+
+    def use_strict_verifier(self) -> None:
+        """Score with the strict verifier from now on (``MathVerifierConfig.strict``): hedged, ambiguous or
+        several answers get nothing. RL trainers call this, since a reward must not be gameable."""
+        import dataclasses
+
+        from reasonlab.rewards.math import MathVerifierConfig
+
+        cfg = self._verifier_config or MathVerifierConfig()
+        if not cfg.strict:
+            self._verifier_config = dataclasses.replace(cfg, strict=True)
+            if self._verifier is not None:
+                self._verifier.close()
+                self._verifier = None
 
     @property
     def verifier(self) -> "MathVerifier":

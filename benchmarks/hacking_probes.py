@@ -1,0 +1,203 @@
+"""Reward-hacking probes against every rule-based verifier: what does each one let through?
+
+Builds the red-team probe set of ``reasonlab.rewards.probes`` for GSM8K test problems, MATH-style
+problems (non-integer answers: fractions, radicals, polynomials, negatives) and the built-in
+``arith`` task, and runs these verifiers on them:
+
+- ``math``: :class:`~reasonlab.rewards.math.MathVerifier` (answer extraction + math-verify);
+- ``gsm8k.score`` / ``arith.score``: the tasks' own scorers (what ``reasonlab eval`` and the RL
+  trainers use);
+- ``math+format``: the math verifier gated by a strict ``<think>``/``<answer>`` format check
+  (levels format -> answer of ``combinators.hierarchical_of``: format weight 0, so the reward is 1
+  only for a well-formed, correct completion);
+- ``math+format+overlong``: the same plus DAPO's overlong punishment as a third level
+  (``L_max`` = ``--max-length`` tokens with a ``--cache-length`` window, counted with the smollm2
+  tokenizer), so a correct answer after 20k characters of filler nets 1 - 1 = 0;
+- ``math+format_reward``: like ``math+format`` with ``reasonlab.rewards.functions.format_reward``
+  when that module exists.
+
+Each verifier declares the checks it performs; a rewarded probe that needs one of them is a LEAK.
+The markdown tables go to stdout; ``--out`` also writes the full JSON (every outcome).
+
+Run::
+
+    python benchmarks/hacking_probes.py                       # 5 GSM8K + 4 MATH-style + 5 arith problems
+    python benchmarks/hacking_probes.py --gsm8k 20 --arith 20 --out probes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from reasonlab.errors import UsageError  # noqa: E402
+from reasonlab.rewards.combinators import hierarchical_of, overlong_penalty  # noqa: E402
+from reasonlab.rewards.math import MathVerifier, MathVerifierConfig  # noqa: E402
+from reasonlab.rewards.probes import (  # noqa: E402
+    MATH_STYLE_EXAMPLES,
+    ProbeReport,
+    reasoning_format_ok,
+    run_probes,
+)
+from reasonlab.tasks import load_task  # noqa: E402
+from reasonlab.types import Example, RewardResult, Status  # noqa: E402
+
+#: Whether this version's math verifier has a strict (reward) mode; the report then shows both.
+HAS_STRICT = "strict" in MathVerifierConfig.__dataclass_fields__
+
+
+def smollm2_token_counter() -> tuple[Callable[[str], int], str]:
+    """Count tokens with the smollm2 tokenizer (llama.cpp, vocabulary only), else estimate chars/4."""
+    try:
+        import llama_cpp
+
+        from reasonlab.policies.models import smollm2_gguf_path
+
+        vocab = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), vocab_only=True, verbose=False)
+        return (lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False))), "smollm2 tokenizer"
+    except Exception as e:  # the estimate is stated in the output, so the reader knows
+        print(f"note: smollm2 tokenizer unavailable ({type(e).__name__}: {e}); estimating tokens as chars/4",
+              file=sys.stderr)
+        return (lambda text: len(text) // 4), "chars/4 estimate"
+
+
+def cached(verifier: Callable[[Example, str], RewardResult]) -> Callable[[Example, str], RewardResult]:
+    """The composites re-ask the same (example, text) pairs: verify each once."""
+    memo: dict[tuple[str, str], RewardResult] = {}
+
+    def run(example: Example, text: str) -> RewardResult:
+        key = (example.id, text)
+        if key not in memo:
+            memo[key] = verifier(example, text)
+        return memo[key]
+
+    return run
+
+
+def levelled(answer: Callable[[Example, str], RewardResult], format_ok: Callable[[str], bool] | None,
+             tokens: Callable[[str], int] | None, max_length: int, cache_length: int):
+    """format -> answer -> overlong levels (hierarchical_of): 1 only for a formatted correct answer in budget."""
+
+    def verify(example: Example, text: str):
+        r = answer(example, text)
+        if r.status in (Status.TIMEOUT, Status.ERROR):
+            return r  # a failed check is reported as such, never folded into a number
+        values, weights, thresholds = [r.value], [1.0], [1.0]
+        if format_ok is not None:
+            values, weights, thresholds = [1.0 if format_ok(text) else 0.0] + values, [0.0] + weights, [1.0] + thresholds
+        if tokens is not None:
+            values.append(overlong_penalty(tokens(text), max_length, cache_length))
+            weights.append(1.0)
+            thresholds.append(-1.0)
+        return hierarchical_of(values, weights, thresholds)
+
+    return verify
+
+
+def optional_format_reward() -> Callable[[str], bool] | None:
+    try:
+        from reasonlab.rewards.functions import format_reward
+    except ImportError:
+        return None
+    return lambda text: (format_reward([""], [text]) or [0.0])[0] == 1.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gsm8k", type=int, default=5, help="GSM8K test problems to probe (0 to skip)")
+    ap.add_argument("--arith", type=int, default=5, help="arith test problems to probe (0 to skip)")
+    ap.add_argument("--no-math-style", action="store_true", help="skip the MATH-style problems")
+    ap.add_argument("--max-length", type=int, default=2048, help="L_max of the overlong punishment, in tokens")
+    ap.add_argument("--cache-length", type=int, default=512, help="L_cache of the overlong punishment, in tokens")
+    ap.add_argument("--out", help="write the full report (every outcome) as JSON here")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    count_tokens, counter_name = smollm2_token_counter()
+    fmt_reward = optional_format_reward()
+    reports: dict[str, ProbeReport] = {}
+    with MathVerifier(MathVerifierConfig(timeout=5.0)) as mv:
+        math_v = cached(lambda ex, text: mv.score(ex.answer, text))
+
+        # The composites (what an RL reward would be) use the strict verifier when this version has one.
+        strict_mv = MathVerifier(MathVerifierConfig(timeout=5.0, strict=True)) if HAS_STRICT else None
+        strict_v = cached(lambda ex, text: strict_mv.score(ex.answer, text)) if strict_mv else None
+        base, base_name = (strict_v, "math.strict") if strict_v else (math_v, "math")
+
+        def math_family() -> tuple[dict, dict]:
+            verifiers = {"math": math_v}
+            checks = {"math": ("answer",)}
+            if strict_v:
+                verifiers["math.strict"] = strict_v
+                checks["math.strict"] = ("answer",)
+            verifiers[f"{base_name}+format"] = levelled(base, reasoning_format_ok, None, args.max_length, args.cache_length)
+            verifiers[f"{base_name}+format+overlong"] = levelled(base, reasoning_format_ok, count_tokens, args.max_length,
+                                                                 args.cache_length)
+            checks[f"{base_name}+format"] = ("answer", "format")
+            checks[f"{base_name}+format+overlong"] = ("answer", "format", "length")
+            if fmt_reward is not None:
+                verifiers[f"{base_name}+format_reward"] = levelled(base, fmt_reward, None, args.max_length, args.cache_length)
+                checks[f"{base_name}+format_reward"] = ("answer", "format")
+            return verifiers, checks
+
+        if args.gsm8k:
+            task = load_task("gsm8k", prompt_format="chat")
+            try:
+                examples = task.examples("test", limit=args.gsm8k)
+            except UsageError as e:  # no GSM8K data on this machine: say so and probe the rest
+                print(f"skipping GSM8K: {e}", file=sys.stderr)
+                examples = []
+            try:
+                if examples:
+                    verifiers, checks = math_family()
+                    verifiers = {"gsm8k.score": cached(task.score), **verifiers}
+                    checks["gsm8k.score"] = ("answer",)
+                    reports[f"GSM8K ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
+            finally:
+                task.close()
+        if not args.no_math_style:
+            verifiers, checks = math_family()
+            reports[f"MATH-style ({len(MATH_STYLE_EXAMPLES)} problems)"] = run_probes(verifiers, MATH_STYLE_EXAMPLES, checks)
+        if args.arith:
+            task = load_task("arith")
+            try:
+                examples = task.examples("test", limit=args.arith)
+                arith_v = cached(task.score)
+                verifiers = {
+                    "arith.score": arith_v,
+                    "arith+overlong": levelled(arith_v, None, count_tokens, args.max_length, args.cache_length),
+                    "math": math_v,
+                }
+                checks = {"arith.score": ("answer",), "arith+overlong": ("answer", "length"), "math": ("answer",)}
+                if strict_v:
+                    verifiers["math.strict"] = strict_v
+                    checks["math.strict"] = ("answer",)
+                reports[f"arith ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
+            finally:
+                task.close()
+        if strict_mv:
+            strict_mv.close()
+
+    print(f"## Reward-hacking probes\n\nTokens counted with the {counter_name}; overlong L_max={args.max_length}, "
+          f"L_cache={args.cache_length}.\n")
+    for title, report in reports.items():
+        print(report.to_markdown(title))
+    failed = [f"{title}: {v}" for title, r in reports.items() for v in r.verifiers if not r.passed(v)]
+    print(f"{'all verifiers pass' if not failed else 'FAIL: ' + '; '.join(failed)} ({time.time() - t0:.0f}s)")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"token_counter": counter_name, "max_length": args.max_length,
+                       "cache_length": args.cache_length,
+                       "reports": {title: r.to_dict() for title, r in reports.items()}}, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
