@@ -1,6 +1,8 @@
 """The ``reasonlab`` command.
 
     reasonlab eval  [--model M] [--task T] [--n N] [--limit L] [--out DIR] ...   evaluate (the main job)
+    reasonlab search --strategies sc,beam --budgets 256,512 --model M --task T    test-time search x budgets
+    reasonlab serve --model M [--strategy S --budget B] [--port P]               OpenAI-compatible server
     reasonlab train sft --model tiny --data rows.jsonl ...                        supervised fine-tuning
     reasonlab train grpo|rloo|reinforce|ppo --config recipes/<name>.yaml ...       online RL
     reasonlab models                                                              built-in models
@@ -23,6 +25,8 @@ USAGE = """usage: reasonlab <command> [options]
 
 commands:
   eval            evaluate a model on a task (greedy or n samples): accuracy, pass@k, maj@k
+  search          run search strategies x token budgets: accuracy vs tokens table, plot, HTML report, trees
+  serve           OpenAI-compatible /v1/chat/completions server answering with a search strategy
   train sft       supervised fine-tuning (loss on completion tokens, LoRA optional)
   train grpo      online RL with group-relative advantages (DAPO / Dr.GRPO / GSPO variants)
   train rloo      online RL with the leave-one-out baseline
@@ -57,6 +61,14 @@ def _dispatch(argv: list[str]) -> int:
         from reasonlab.evaluation.harness import main as eval_main
 
         return eval_main(rest)
+    if cmd == "search":
+        from reasonlab.search.runner import main as search_main
+
+        return search_main(rest)
+    if cmd == "serve":
+        from reasonlab.serve import main as serve_main
+
+        return serve_main(rest)
     if cmd == "train":
         return _train(rest)
     if cmd == "models":
