@@ -176,3 +176,21 @@ def test_monitor_rolls_back_on_a_reward_jump(tmp_path, fake_rewards):
     dumps = list((run / "anomalies").glob("step_4_reward_jump.jsonl"))
     assert dumps and json.loads(dumps[0].read_text().splitlines()[0])["reward"] == 5.0
     assert summary["steps"] <= 5
+
+
+def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, monkeypatch):
+    import reasonlab.learn.rollout as rollout
+
+    def run(skip: bool):
+        cfg = base_cfg(tmp_path / str(skip), max_steps=1, prompts_per_step=8, group_size=4)
+        tr = Trainer(cfg, task=small_task())
+        rec = tr.step()
+        return rec, {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+
+    rec_skip, w_skip = run(True)
+    full = rollout.make_microbatches
+    monkeypatch.setattr(rollout, "make_microbatches", lambda s, rows, pad, include=None: full(s, rows, pad))
+    rec_all, w_all = run(False)
+    assert rec_skip["trained_fraction"] < 1.0  # some groups agreed, so something was skipped
+    assert rec_skip["reward_mean"] == rec_all["reward_mean"]
+    assert all(torch.allclose(w_skip[k], w_all[k], atol=1e-6) for k in w_skip)

@@ -373,7 +373,12 @@ class Trainer:
         t_train = time.time()
         self.model.train()
         pad_id = self.policy.pad_id
-        mbs = make_microbatches(samples, cfg.micro_batch_size, pad_id)
+        # A sample with advantage 0 (every sample of a group whose rewards agree) adds nothing to the gradient
+        # when there is no KL or entropy term: skip its forward and backward. The loss weights below are still
+        # computed over the whole batch, so the update is exactly the same, only cheaper.
+        active = [i for i, s in enumerate(samples)
+                  if s.advantage != 0.0 or cfg.beta > 0 or cfg.entropy_coef > 0]
+        mbs = make_microbatches(samples, cfg.micro_batch_size, pad_id, include=active or [0])
         t_max = max(max(len(s.completion_ids) for s in samples), 1)
         full_mask = torch.zeros((len(samples), t_max))
         for i, s in enumerate(samples):
@@ -384,7 +389,7 @@ class Trainer:
         ref_logps: dict[int, torch.Tensor] = {}
         stats = {k: 0.0 for k in ("loss", "kl", "entropy", "clipped_low", "clipped_high", "dual_clipped",
                                   "sampler_gap_mean", "sampler_gap_max")}
-        n_tok = float(sum(len(s.completion_ids) for s in samples)) or 1.0
+        n_tok = float(sum(len(samples[i].completion_ids) for mb in mbs for i in mb.index)) or 1.0
         grad_norm = torch.tensor(0.0)
         for it in range(cfg.mu):
             for m, mb in enumerate(mbs):
@@ -455,6 +460,7 @@ class Trainer:
             "truncation_rate": sum(s.truncated for s in samples) / len(samples),
             "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples),
             "zero_variance_groups": n_zero_var / max(n_groups_seen, 1),
+            "trained_fraction": len(active) / len(samples),
             "sampling_rounds": rounds,
             "tokens_per_s": gen_tokens / max(wall, 1e-9),
             "time_generation_s": gen_s, "time_scoring_s": score_s, "time_training_s": train_s, "time_step_s": wall,

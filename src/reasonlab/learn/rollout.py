@@ -56,9 +56,12 @@ class MicroBatch:
                                                                 self.position_ids, self.completion_ids, self.mask)))
 
 
-def make_microbatches(samples: Sequence[Sample], rows: int, pad_id: int) -> list[MicroBatch]:
-    """Split ``samples`` into micro-batches of at most ``rows`` samples of similar total length."""
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+def make_microbatches(samples: Sequence[Sample], rows: int, pad_id: int,
+                      include: Sequence[int] | None = None) -> list[MicroBatch]:
+    """Split ``samples`` (those at positions ``include``, default all) into micro-batches of at most
+    ``rows`` samples of similar total length. ``MicroBatch.index`` holds positions in ``samples``."""
+    pick = range(len(samples)) if include is None else include
+    order = sorted(pick, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
     out = []
     for s in range(0, len(order), rows):
         idx = order[s:s + rows]
