@@ -32,6 +32,9 @@ commands:
   train rloo      online RL with the leave-one-out baseline
   train reinforce online RL: REINFORCE++ (batch-normalised advantages)
   train ppo       online RL with a value head and GAE
+  train orm       outcome reward model (or --objective implicit: PRIME's implicit PRM) on verifier-labelled samples
+  train prm       process reward model on step-labelled JSONL
+  label           Math-Shepherd step labels: sample solutions, roll out from each step prefix, write JSONL
   models          list the built-in models
   tasks           list the task specs
 
@@ -40,7 +43,8 @@ run `reasonlab <command> --help` for the options of a command."""
 
 def _train(argv: list[str]) -> int:
     algos = {"sft": "reasonlab.learn.sft", "grpo": "reasonlab.learn.grpo", "rloo": "reasonlab.learn.rloo",
-             "reinforce": "reasonlab.learn.reinforce", "ppo": "reasonlab.learn.ppo"}
+             "reinforce": "reasonlab.learn.reinforce", "ppo": "reasonlab.learn.ppo",
+             "orm": "reasonlab.learn.orm", "prm": "reasonlab.learn.prm"}
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: reasonlab train {{{','.join(algos)}}} [options]")
         return 0 if argv else 2
@@ -71,6 +75,10 @@ def _dispatch(argv: list[str]) -> int:
         return serve_main(rest)
     if cmd == "train":
         return _train(rest)
+    if cmd == "label":
+        from reasonlab.rewards.labels import main as label_main
+
+        return label_main(rest)
     if cmd == "models":
         from reasonlab.policies.models import BUILTIN_MODELS
 

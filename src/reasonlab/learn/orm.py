@@ -39,13 +39,21 @@ import random
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from reasonlab import config as config_lib
 from reasonlab.errors import DataError, UsageError
-from reasonlab.learn.sft import DTYPES, SCHEDULES, add_lora, epoch_permutation, load_model, lr_multiplier
+from reasonlab.learn.sft import (
+    DTYPES,
+    SCHEDULES,
+    add_lora,
+    epoch_permutation,
+    load_model,
+    lr_multiplier,
+)
 
 OBJECTIVES = ("head", "implicit")
 
@@ -79,7 +87,7 @@ class RewardTrainConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     max_seq_len: int = 512
-    """Longest prompt+solution in tokens; longer rows are dropped (and counted)."""
+    """Longest prompt+solution in tokens (at most the backbone's position range); longer rows are dropped and counted."""
     freeze_backbone: bool = False
     """Train only the value head (a linear probe of the backbone's features)."""
     lora: bool = False
@@ -234,7 +242,11 @@ def implicit_logits(lm, ref, beta: float, batch: dict):
     """PRIME's outcome logit ``beta * sum_t log(pi(y_t) / pi_ref(y_t))`` per row and its label: ``(B,), (B,)``."""
     import torch
 
-    from reasonlab.rewards.implicit_prm import implicit_outcome_logit, implicit_token_rewards, token_logprobs
+    from reasonlab.rewards.implicit_prm import (
+        implicit_outcome_logit,
+        implicit_token_rewards,
+        token_logprobs,
+    )
 
     logp = token_logprobs(lm, batch["input_ids"], batch["attention_mask"])
     with torch.no_grad():
@@ -258,10 +270,21 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
     """
     import numpy as np
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from reasonlab.rewards.reward_model import RewardModel, RewardModelCard, auroc
-    from reasonlab.runtime import MetricsLogger, latest_checkpoint, load_checkpoint, save_checkpoint
+    from reasonlab.runtime import (
+        MetricsLogger,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from reasonlab.runtime.interrupt import StopOnCtrlC
 
     t_start = time.time()
@@ -274,11 +297,14 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
     elif tokenizer is None:
         raise UsageError("fit(model=...) needs its tokenizer too")
     model = model.to(dtype=weights_dtype)
+    # Inputs beyond the backbone's position range would be read out of distribution: cap there too.
+    max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    limit = min(cfg.max_seq_len, max_pos) if max_pos else cfg.max_seq_len
 
     items, dropped = [], 0
     for row in rows:
         it = encode_row(tokenizer, row)
-        if it is None or len(it["ids"]) > cfg.max_seq_len or not it["y"]:
+        if it is None or len(it["ids"]) > limit or not it["y"]:
             dropped += 1
             continue
         it["eval"] = held_out(group_key(row), cfg.eval_fraction, cfg.seed)
@@ -287,10 +313,9 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
     eval_items = [it for it in items if it["eval"]]
     if not train_items:
         raise UsageError(f"no training rows left of {len(rows)} ({dropped} dropped: no labels, or longer than "
-                         f"max_seq_len={cfg.max_seq_len})")
+                         f"{limit} tokens)")
     if dropped:
-        print(f"dropped {dropped} of {len(rows)} rows (no labels, or longer than max_seq_len={cfg.max_seq_len})",
-              file=sys.stderr)
+        print(f"dropped {dropped} of {len(rows)} rows (no labels, or longer than {limit} tokens)", file=sys.stderr)
     ys = [y for it in train_items for y in it["y"]]
     if min(ys) >= 0.5 or max(ys) < 0.5:
         print(f"warning: every training label is {'positive' if min(ys) >= 0.5 else 'negative'}; "
@@ -299,8 +324,8 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    card = RewardModelCard(kind=kind, separator=separator, base_model=cfg.model, max_length=cfg.max_seq_len,
-                           beta=beta, info=dict(info or {}))
+    card = RewardModelCard(kind=kind, separator=separator, base_model=cfg.model, max_length=limit, beta=beta,
+                           info=dict(info or {}))
     ref = None
     if kind == "implicit-prm":
         # The reference is the starting model, frozen; the card names it so the PRM can reload it.
@@ -318,12 +343,12 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
 
     if kind == "implicit-prm":
         trainable, modules, head_params = model, {}, []
-        logits_fn = lambda b: implicit_logits(model, ref, beta, b)  # noqa: E731
+        logits_fn = lambda b: implicit_logits(model, ref, beta, b)
         rm = None
     else:
         rm = RewardModel(model, tokenizer, card).to(device)
         trainable, modules, head_params = model, {"value_head": rm.head}, list(rm.head.parameters())
-        logits_fn = lambda b: head_logits(rm, b)  # noqa: E731
+        logits_fn = lambda b: head_logits(rm, b)
     body = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in body if p.ndim < 2], "weight_decay": 0.0}]
@@ -351,7 +376,7 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
             print(f"warning: the checkpoint was trained on {data_state.get('num_examples')} rows, now there are {n}",
                   file=sys.stderr)
         print(f"resuming from {ckpt} (step {step} of {total_steps})", file=sys.stderr)
-    metrics = MetricsLogger(run, resume_step=step if ckpt is not None else None)
+    metrics = MetricsLogger(run, resume_step=step)
     wall_before = extra["wall_time_s"]
     autocast = torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 

@@ -24,8 +24,9 @@ Run::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from reasonlab.errors import UsageError
 from reasonlab.learn.orm import RewardTrainConfig, fit
