@@ -182,7 +182,8 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, monkeyp
     import reasonlab.learn.rollout as rollout
 
     def run(skip: bool):
-        cfg = base_cfg(tmp_path / str(skip), max_steps=1, prompts_per_step=8, group_size=4)
+        # The flat layout, whose micro-batching the patch below reaches (test_grpo_share covers the shared one).
+        cfg = base_cfg(tmp_path / str(skip), max_steps=1, prompts_per_step=8, group_size=4, share_prompt=False)
         tr = Trainer(cfg, task=small_task())
         rec = tr.step()
         return rec, {k: v.detach().clone() for k, v in tr.model.named_parameters()}

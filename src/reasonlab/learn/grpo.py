@@ -135,6 +135,10 @@ class GRPOConfig:
     """Modules that get adapters: all-linear or comma-separated module names."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, slower."""
+    share_prompt: bool = True
+    """Run each prompt once per group in the training forward and reuse its KV cache for all its completions
+    (same log-probs and gradients as one row per completion); helps most when prompts are much longer than
+    completions. Off (or with gradient_checkpointing) every completion row re-runs its prompt."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     dtype: str = "auto"
@@ -321,6 +325,7 @@ class Trainer:
         import torch
 
         from reasonlab.learn import losses
+        from reasonlab.learn import rollout
         from reasonlab.learn.rollout import completion_logits, make_microbatches, repetition_rate, token_logps
 
         cfg = self.cfg
@@ -378,7 +383,10 @@ class Trainer:
         # computed over the whole batch, so the update is exactly the same, only cheaper.
         active = [i for i, s in enumerate(samples)
                   if s.advantage != 0.0 or cfg.beta > 0 or cfg.entropy_coef > 0]
-        mbs = make_microbatches(samples, cfg.micro_batch_size, pad_id, include=active or [0])
+        # Shared prompts: completions of one prompt share one prompt pass (completion_logits takes either layout).
+        share = cfg.share_prompt and rollout.supports_shared_prompt(self.model)
+        batcher = rollout.make_group_microbatches if share else make_microbatches
+        mbs = batcher(samples, cfg.micro_batch_size, pad_id, include=active or [0])
         t_max = max(max(len(s.completion_ids) for s in samples), 1)
         full_mask = torch.zeros((len(samples), t_max))
         for i, s in enumerate(samples):

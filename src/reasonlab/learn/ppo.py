@@ -53,6 +53,8 @@ class PPOConfig(GRPOConfig):
     """Give the critic its own copy of the backbone instead of sharing the policy's."""
     whiten_advantages: bool = True
     """Normalise advantages to mean 0 and std 1 over the batch's tokens."""
+    share_prompt: bool = False
+    """Not used by PPO yet: its forward also reads hidden states for the value head, from the flat layout."""
 
 
 def _decoder_and_head(model):

@@ -1,0 +1,173 @@
+"""Prompt sharing in GRPO's training forward computes exactly what one row per completion computes.
+
+- ``shared_prompt_logits`` gives the flat layout's log-probs and gradients, for groups with different
+  prompt lengths, different numbers of completions and completions of different lengths (a random
+  tiny Llama, samples built by hand, micro-batches small enough to split a group);
+- one GRPO ``Trainer.step()`` gives the same weights with ``share_prompt`` on and off, and skipping
+  zero-advantage samples (groups then hold different numbers of rows) still gives the same update;
+- under gradient checkpointing (which drops the KV cache) the trainer falls back to the flat layout.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+import reasonlab.learn.rollout as rollout
+from reasonlab.errors import UsageError
+from reasonlab.learn.grpo import GRPOConfig, Trainer
+from reasonlab.learn.rollout import (GroupMicroBatch, Sample, completion_logits, make_group_microbatches,
+                                     make_microbatches, shared_prompt_logits, supports_shared_prompt, token_logps)
+from reasonlab.policies.tiny import new_tiny_model
+from reasonlab.tasks.arith import ArithTask
+
+PAD = 0
+
+
+def hand_samples() -> list[Sample]:
+    g = torch.Generator().manual_seed(7)
+    rand = lambda n: torch.randint(4, 50, (n,), generator=g).tolist()  # noqa: E731
+    # (prompt length, completion lengths): uneven prompts, uneven group sizes, uneven completions.
+    spec = [(5, [4, 1, 7]), (11, [3]), (8, [2, 6, 5, 9, 1]), (3, [1, 1])]
+    samples = []
+    for gi, (plen, clens) in enumerate(spec):
+        prompt = rand(plen)
+        for c in clens:
+            samples.append(Sample(prompt_ids=prompt, completion_ids=rand(c), sampler_logp=None, truncated=False,
+                                  group=gi))
+    return samples
+
+
+def per_sample_logps(model, mbs, logits_fn) -> dict[int, torch.Tensor]:
+    out = {}
+    for mb in mbs:
+        logp = token_logps(logits_fn(model, mb), mb.completion_ids)
+        for r, i in enumerate(mb.index):
+            out[i] = logp[r, :int(mb.mask[r].sum())]
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    m, _ = new_tiny_model(hidden_size=64, layers=2, heads=4, intermediate=128)
+    return m.train()
+
+
+def test_group_microbatches_run_each_prompt_once_per_chunk():
+    samples = hand_samples()
+    mbs = make_group_microbatches(samples, rows=4, pad_id=PAD)
+    assert sorted(i for mb in mbs for i in mb.index) == list(range(len(samples)))
+    for mb in mbs:
+        assert len(mb.index) <= 4
+        # Every row's prompt (left-padded, its own row of prompt_ids) is the sample's prompt.
+        for r, i in enumerate(mb.index):
+            row = mb.prompt_ids[mb.owner[r]][mb.prompt_mask[mb.owner[r]].bool()].tolist()
+            assert row == samples[i].prompt_ids
+            assert mb.completion_ids[r, :len(samples[i].completion_ids)].tolist() == samples[i].completion_ids
+        # Distinct prompts only: no two prompt rows are the same.
+        assert len({tuple(p.tolist()) for p in mb.prompt_ids}) == mb.prompt_ids.shape[0]
+    # 11 completions of 4 prompts: the 5-completion group is split in two, nothing else is duplicated.
+    assert sum(mb.prompt_ids.shape[0] for mb in mbs) == 5
+
+
+@pytest.mark.parametrize("include", [None, [0, 2, 3, 6, 8, 10]])
+def test_shared_logps_and_gradients_match_the_flat_layout(model, include):
+    samples = hand_samples()
+    flat = make_microbatches(samples, rows=64, pad_id=PAD, include=include)
+    shared = make_group_microbatches(samples, rows=4, pad_id=PAD, include=include)
+    assert len(shared) > 1 and all(isinstance(mb, GroupMicroBatch) for mb in shared)
+    lp_flat = per_sample_logps(model, flat, completion_logits)
+    lp_shared = per_sample_logps(model, shared, shared_prompt_logits)
+    assert lp_flat.keys() == lp_shared.keys() == set(include or range(len(samples)))
+    for i in lp_flat:
+        assert torch.allclose(lp_flat[i], lp_shared[i], atol=1e-5), i
+
+    # Gradients of sum(logp * w) for random per-token weights, for every parameter.
+    g = torch.Generator().manual_seed(1)
+    w = {i: torch.randn(len(samples[i].completion_ids), generator=g) for i in lp_flat}
+
+    def grads(mbs, logits_fn):
+        model.zero_grad(set_to_none=True)
+        lps = per_sample_logps(model, mbs, logits_fn)
+        sum((lps[i] * w[i]).sum() for i in lps).backward()
+        return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+    g_flat, g_shared = grads(flat, completion_logits), grads(shared, completion_logits)
+    model.zero_grad(set_to_none=True)
+    assert g_flat.keys() == g_shared.keys() and len(g_flat) > 5
+    for k in g_flat:
+        assert g_flat[k].abs().sum() > 0, k
+        assert torch.allclose(g_flat[k], g_shared[k], atol=1e-5), (k, (g_flat[k] - g_shared[k]).abs().max())
+
+
+def test_single_token_completions(model):
+    # T == 1: only the prompt pass runs; its last logits predict the one token.
+    samples = [s for s in hand_samples() if len(s.completion_ids) == 1]
+    flat = per_sample_logps(model, make_microbatches(samples, 8, PAD), completion_logits)
+    shared = per_sample_logps(model, make_group_microbatches(samples, 8, PAD), shared_prompt_logits)
+    assert all(torch.allclose(flat[i], shared[i], atol=1e-5) for i in flat)
+
+
+def test_gradient_checkpointing_falls_back_to_the_flat_layout():
+    m, _ = new_tiny_model(hidden_size=64, layers=2, heads=4, intermediate=128)
+    assert supports_shared_prompt(m)
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not supports_shared_prompt(m)
+    with pytest.raises(UsageError, match="gradient checkpointing"):
+        shared_prompt_logits(m.train(), make_group_microbatches(hand_samples(), 4, PAD)[0])
+
+
+def small_task() -> ArithTask:
+    return ArithTask(min_ops=2, max_ops=3, test_size=32, train_size=16, seed=3)
+
+
+def one_step(tmp_path, **kw):
+    opts = dict(model="tiny", task="arith", out=str(tmp_path / "run"), max_steps=1, prompts_per_step=8,
+                group_size=4, max_new_tokens=48, lr=1e-4, eval_limit=16, save_every=0, monitor="off",
+                save_final=False, seed=0)
+    opts.update(kw)
+    tr = Trainer(GRPOConfig(**opts), task=small_task())
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    rec = tr.step()
+    rec["_moved"] = sum(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+    return rec, {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+
+
+def test_trainer_step_gives_the_same_update_with_and_without_sharing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = rollout.shared_prompt_logits
+
+    def counted(model, mb):
+        calls["n"] += 1
+        return real(model, mb)
+
+    monkeypatch.setattr(rollout, "shared_prompt_logits", counted)
+    rec_s, w_s = one_step(tmp_path / "s", share_prompt=True, micro_batch_size=6)
+    assert calls["n"] > 0  # the shared path really ran
+    n_shared = calls["n"]
+    rec_f, w_f = one_step(tmp_path / "f", share_prompt=False)
+    assert calls["n"] == n_shared  # and the flat one did not use it
+    assert rec_s["trained_fraction"] < 1.0  # some groups were skipped: groups of different sizes
+    assert rec_s["reward_mean"] == rec_f["reward_mean"]
+    assert rec_s["loss"] == pytest.approx(rec_f["loss"], abs=1e-6)
+    assert rec_s["sampler_gap_max"] < 1e-3
+    assert rec_s["grad_norm"] == pytest.approx(rec_f["grad_norm"], rel=1e-5)
+    assert rec_s["_moved"] > 0  # the step changed the weights, and both layouts changed them alike.
+    # AdamW's first step is about lr * sign(grad): a parameter whose gradient is ~1e-9 (float noise level)
+    # can move by a visible fraction of lr either way, so weights agree to lr / 10, not to 1e-6.
+    assert all(torch.allclose(w_s[k], w_f[k], atol=1e-5) for k in w_s)
+
+
+def test_skipping_zero_advantage_samples_with_sharing_gives_the_same_update(tmp_path, monkeypatch):
+    rec_skip, w_skip = one_step(tmp_path / "a", share_prompt=True)
+    full = rollout.make_group_microbatches
+    monkeypatch.setattr(rollout, "make_group_microbatches", lambda s, rows, pad, include=None: full(s, rows, pad))
+    rec_all, w_all = one_step(tmp_path / "b", share_prompt=True)
+    assert rec_skip["trained_fraction"] < 1.0
+    assert rec_skip["reward_mean"] == rec_all["reward_mean"]
+    assert rec_skip["grad_norm"] == pytest.approx(rec_all["grad_norm"], rel=1e-5)
+    assert all(torch.allclose(w_skip[k], w_all[k], atol=1e-5) for k in w_skip)
