@@ -142,6 +142,13 @@ def test_conversion_marker_must_match_source(tmp_path):
     assert not models._is_complete(target, stamp)  # marker of another source
     (target / models.COMPLETE_MARKER).write_text(json.dumps(stamp))
     assert models._is_complete(target, stamp)
+    # The same file installed elsewhere (another venv, a CI clone) shares the conversion; other bytes do not.
+    other = tmp_path / "elsewhere" / "m.gguf"
+    other.parent.mkdir()
+    other.write_bytes(gguf.read_bytes())
+    assert models._source_stamp(other) == stamp
+    other.write_bytes(b"GGUF" * 9 + b"XXXX")
+    assert models._source_stamp(other) != stamp
 
 
 def test_smollm2_hf_checkpoint_matches_the_gguf():

