@@ -158,6 +158,15 @@ def test_prm_training_separates_steps_and_plugs_into_search(tmp_path, random_tin
     # The RL adapter splits the completion text at the separator and aggregates.
     reward = RewardModelReward(prm, "last")
     assert reward([ex.prompt], ["\n".join(fresh[0]["steps"])]) == pytest.approx([per_step[0][-1]], abs=1e-5)
+    # By name: a search scorer (make_scorer) and an RL reward (build_reward_set) from the saved directory.
+    from reasonlab.rewards.functions import build_reward_set
+    from reasonlab.search import make_scorer
+
+    named = make_scorer(f"prm:{summary['final_dir']}", how="min").score(ctx, cands)
+    assert named == pytest.approx(one, abs=1e-5)
+    rs = build_reward_set(f"prm:{summary['final_dir']}@last", task=None)
+    scores = rs.score([ex.prompt], ["\n".join(fresh[0]["steps"])], [ex])
+    assert scores.total == pytest.approx([per_step[0][-1]], abs=1e-5)
 
 
 def test_implicit_prm_learns_outcomes_and_scores_steps(tmp_path, random_tiny_dir):

@@ -140,7 +140,8 @@ class RewardSet:
 
 
 def build_reward_set(spec: str, task: Any, on_error: str = "raise") -> RewardSet:
-    """A reward set from ``"name[=weight],..."`` with names ``accuracy``, ``format``, or ``module:function``.
+    """A reward set from ``"name[=weight],..."`` with names ``accuracy``, ``format``, ``orm:DIR`` / ``prm:DIR[@how]``
+    (a trained reward model, step scores aggregated by ``how``), or ``module:function``.
 
     ``module:function`` imports any TRL-shaped function, e.g. ``mypkg.rewards:length_penalty``.
     """
@@ -160,6 +161,11 @@ def build_reward_set(spec: str, task: Any, on_error: str = "raise") -> RewardSet
             functions[name] = TaskReward(task)
         elif name == "format":
             functions[name] = format_reward
+        elif name.startswith(("orm:", "prm:")):  # a trained reward model: orm:DIR or prm:DIR[@min|last|...]
+            from reasonlab.rewards.reward_model import RewardModelReward, load_reward_model
+
+            path, _, how = name[4:].partition("@")
+            functions[name] = RewardModelReward(load_reward_model(path), how or "min")
         elif ":" in name:
             mod, _, attr = name.partition(":")
             try:
@@ -167,6 +173,6 @@ def build_reward_set(spec: str, task: Any, on_error: str = "raise") -> RewardSet
             except (ImportError, AttributeError) as e:
                 raise UsageError(f"cannot import reward function {name!r}: {e}") from e
         else:
-            raise UsageError(f"unknown reward {name!r}; use accuracy, format or module:function")
+            raise UsageError(f"unknown reward {name!r}; use accuracy, format, orm:DIR, prm:DIR or module:function")
         weights[name] = weight
     return RewardSet(functions, weights, on_error)

@@ -367,15 +367,23 @@ SCORERS: dict[str, type[Scorer]] = {
 
 
 def make_scorer(spec: str, **options: Any) -> Scorer:
-    """Build a scorer by name, e.g. ``make_scorer("mc-rollout", k=8)`` or ``make_scorer("rm:/path/to/rm")``.
+    """Build a scorer by name, e.g. ``make_scorer("mc-rollout", k=8)``, ``make_scorer("rm:/path/to/rm")`` (a Hugging
+    Face sequence classifier) or ``make_scorer("prm:runs/prm/final", how="min")`` (a trained ORM/PRM).
 
     Option values may be strings (from a command line); they are converted to the field's type.
     """
     name, _, arg = spec.partition(":")
+    if name in ("orm", "prm") and arg:  # a trained reward model directory (reasonlab train orm / prm)
+        from reasonlab.rewards.reward_model import as_scorer, load_reward_model
+
+        unknown = set(options) - {"how"}
+        if unknown:
+            raise UsageError(f"scorer {name}:PATH takes only the option 'how', not {', '.join(sorted(unknown))}")
+        return as_scorer(load_reward_model(arg), str(options.get("how", "min")))
     if name not in SCORERS:
         raise UsageError(f"unknown scorer {spec!r}; choose one of {', '.join(SCORERS)}")
     if arg:
         if name != "rm":
-            raise UsageError(f"scorer {name!r} takes no argument after ':' (only rm:PATH does)")
+            raise UsageError(f"scorer {name!r} takes no argument after ':' (only rm:PATH, orm:PATH and prm:PATH do)")
         options = {**options, "path": arg}
     return config_lib.build(SCORERS[name], options)
