@@ -17,7 +17,6 @@ the model learns to stop.
 
 from __future__ import annotations
 
-import json
 import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -89,29 +88,11 @@ def normalize_rows(rows: Iterable[Any], source: str = "<rows>") -> list[dict[str
 def load_sft_rows(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file of SFT rows (formats in the module docstring), normalised.
 
-    Missing file -> UsageError; malformed rows -> DataError listing their line numbers.
+    Missing or empty file -> UsageError; malformed rows -> DataError listing their line numbers.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"SFT data file not found: {p}")
-    out, problems = [], []
-    total = 0
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            total += 1
-            try:
-                out.append(normalize_row(json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append((lineno, f"invalid JSON ({e.msg})"))
-            except ValueError as e:
-                problems.append((lineno, str(e)))
-    if problems:
-        raise DataError(str(p), problems, total=total)
-    if not out:
-        raise UsageError(f"{p}: no training rows")
-    return out
+    from reasonlab.tasks.io import read_jsonl
+
+    return [row for _, row in read_jsonl(path, parse=normalize_row)]
 
 
 _ADDS_BOS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()

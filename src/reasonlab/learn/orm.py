@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonlab import config as config_lib
-from reasonlab.errors import DataError, UsageError
+from reasonlab.errors import UsageError
 from reasonlab.learn.sft import (
     DTYPES,
     SCHEDULES,
@@ -524,26 +524,9 @@ def check_outcome_row(row: Any) -> dict:
 
 def load_outcome_rows(path: str | Path) -> list[dict]:
     """Read ORM rows from JSONL; every malformed line is reported in one :class:`DataError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"ORM data file not found: {p}")
-    rows, problems, total = [], [], 0
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            total += 1
-            try:
-                rows.append(check_outcome_row(json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append((lineno, f"invalid JSON ({e.msg})"))
-            except ValueError as e:
-                problems.append((lineno, str(e)))
-    if problems:
-        raise DataError(str(p), problems, total=total)
-    if not rows:
-        raise UsageError(f"{p}: no ORM rows")
-    return rows
+    from reasonlab.tasks.io import read_jsonl
+
+    return [row for _, row in read_jsonl(path, parse=check_outcome_row)]
 
 
 def sample_outcome_rows(cfg: ORMConfig, batch_problems: int = 32) -> list[dict]:

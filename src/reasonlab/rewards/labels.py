@@ -342,26 +342,9 @@ def check_step_row(row: Any) -> dict:
 
 def load_step_rows(path: str | Path) -> list[dict]:
     """Read a step-labelled JSONL file; every malformed line is reported in one :class:`DataError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"step-label file not found: {p}")
-    rows, problems, total = [], [], 0
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            total += 1
-            try:
-                rows.append(check_step_row(json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append((lineno, f"invalid JSON ({e.msg})"))
-            except ValueError as e:
-                problems.append((lineno, str(e)))
-    if problems:
-        raise DataError(str(p), problems, total=total)
-    if not rows:
-        raise UsageError(f"{p}: no step-labelled rows")
-    return rows
+    from reasonlab.tasks.io import read_jsonl
+
+    return [row for _, row in read_jsonl(path, parse=check_step_row)]
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, Any]:

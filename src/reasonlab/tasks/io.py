@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: A row check: returns why a (parsed, field-complete) row is unusable, or ``None`` if it is fine.
 RowCheck = Callable[[dict], Optional[str]]
+#: A row parser: returns the row in its normalised form, or raises ValueError saying what is wrong.
+RowParse = Callable[[Any], dict]
 
 
 def _is_empty(value: Any) -> bool:
@@ -31,12 +33,15 @@ def read_jsonl(
     required: Sequence[str] = (),
     on_bad: Literal["error", "skip"] = "error",
     check: RowCheck | None = None,
+    parse: RowParse | None = None,
 ) -> list[tuple[int, dict]]:
     """Read a JSONL file into ``(line_number, row)`` pairs (line numbers start at 1).
 
     Blank lines are skipped. A row is malformed when it is not valid JSON (or not UTF-8), not a JSON
     object, lacks a ``required`` field or has it empty (``None`` or blank text), or when ``check``
-    returns a reason. Malformed rows raise one :class:`DataError` listing their line numbers
+    returns a reason, or when ``parse`` (which replaces each row with its normalised form) raises
+    ``ValueError``; ``parse`` sees any JSON value, so it checks the row's type itself. Malformed rows
+    raise one :class:`DataError` listing their line numbers
     (``on_bad="error"``), or are dropped with a logged warning naming them (``on_bad="skip"``).
     A missing file or a file with no rows raises :class:`UsageError`.
     """
@@ -58,7 +63,7 @@ def read_jsonl(
                 if not raw.strip():
                     continue
                 total += 1
-                why = _row_problem(raw, required, check)
+                why = _row_problem(raw, required, check, parse)
                 if isinstance(why, str):
                     problems.append((lineno, why))
                 else:
@@ -76,7 +81,8 @@ def read_jsonl(
     return rows
 
 
-def _row_problem(raw: bytes, required: Sequence[str], check: RowCheck | None) -> dict | str:
+def _row_problem(raw: bytes, required: Sequence[str], check: RowCheck | None,
+                 parse: RowParse | None = None) -> dict | str:
     """The parsed row, or the reason it is malformed."""
     try:
         row = json.loads(raw.decode("utf-8"))
@@ -84,6 +90,11 @@ def _row_problem(raw: bytes, required: Sequence[str], check: RowCheck | None) ->
         return "not valid UTF-8"
     except json.JSONDecodeError as e:
         return f"invalid JSON ({e.msg} at column {e.colno})"
+    if parse is not None:
+        try:
+            row = parse(row)
+        except ValueError as e:
+            return str(e)
     if not isinstance(row, dict):
         return f"not a JSON object (got {type(row).__name__})"
     missing = [k for k in required if k not in row]
