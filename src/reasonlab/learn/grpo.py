@@ -191,11 +191,11 @@ class GRPOConfig:
 
 
 def soft_overlong_penalty(length: int, max_len: int, buffer: int, penalty: float = 1.0) -> float:
-    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 until ``max_len - buffer``, then
-    falling linearly to ``-penalty`` at ``max_len``."""
-    if buffer <= 0 or length <= max_len - buffer:
-        return 0.0
-    return -penalty * min(1.0, (length - (max_len - buffer)) / buffer)
+    """DAPO's soft overlong punishment (``rewards.combinators.overlong_penalty``) scaled by ``penalty``:
+    0 until ``max_len - buffer``, then falling linearly to ``-penalty`` at ``max_len``; 0 when ``buffer`` is 0."""
+    from reasonlab.rewards.combinators import overlong_penalty
+
+    return penalty * overlong_penalty(length, max_len, buffer) if buffer > 0 else 0.0
 
 
 def _seed_everything(seed: int) -> None:
@@ -326,7 +326,7 @@ class Trainer:
 
         from reasonlab.learn import losses
         from reasonlab.learn import rollout
-        from reasonlab.learn.rollout import completion_logits, make_microbatches, repetition_rate, token_logps
+        from reasonlab.learn.rollout import completion_logits, make_microbatches, sample_metrics, token_logps
 
         cfg = self.cfg
         t_start = time.time()
@@ -453,7 +453,6 @@ class Trainer:
         train_s = time.time() - t_train
 
         # 4. Metrics.
-        lens = [len(s.completion_ids) for s in samples]
         gen_tokens = sum(len(s.completion_ids) for new, _ in all_scores for s in new)
         self.totals["rollouts"] += sum(len(new) for new, _ in all_scores)
         self.totals["generated_tokens"] += gen_tokens
@@ -461,40 +460,28 @@ class Trainer:
         rec: dict[str, Any] = {
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
             "advantage_abs_mean": float(adv.abs().mean()),
-            **{k: v for k, v in stats.items()},
+            **stats,
             "grad_norm": float(grad_norm), "lr": lr,
-            "completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
-            "completion_len_min": min(lens),
-            "truncation_rate": sum(s.truncated for s in samples) / len(samples),
-            "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples),
+            **sample_metrics(samples),
             "zero_variance_groups": n_zero_var / max(n_groups_seen, 1),
             "trained_fraction": len(active) / len(samples),
             "sampling_rounds": rounds,
             "tokens_per_s": gen_tokens / max(wall, 1e-9),
             "time_generation_s": gen_s, "time_scoring_s": score_s, "time_training_s": train_s, "time_step_s": wall,
+            **self.reward_metrics([scores for _, scores in all_scores]),
         }
-        for new, scores in all_scores:  # per-function means over everything sampled this step
-            for name, vals in scores.per_function.items():
-                got = [v for v in vals if v is not None]
-                rec.setdefault(f"reward/{name}", []).extend(got)
-                rec[f"reward/{name}/missing"] = rec.get(f"reward/{name}/missing", 0) + (len(vals) - len(got))
-            if scores.results is not None:
-                rec.setdefault("_results", []).extend(scores.results)
-            for name, msg in scores.errors.items():
-                print(f"warning: step {self.step_no}: {msg}", file=sys.stderr)
-                rec[f"reward/{name}/errors"] = rec.get(f"reward/{name}/errors", 0) + 1
-        for k in [k for k in rec if k.startswith("reward/") and isinstance(rec[k], list)]:
-            vals = rec[k]
-            rec[k] = sum(vals) / len(vals) if vals else float("nan")
-        results = rec.pop("_results", None)
-        if results is not None:
-            from reasonlab.types import Status
-
-            rec["accuracy"] = sum(r.status is Status.OK for r in results) / len(results)
-            rec["verifier_timeouts"] = sum(r.status is Status.TIMEOUT for r in results)
-            rec["verifier_errors"] = sum(r.status is Status.ERROR for r in results)
         self.last_samples = samples
         return rec
+
+    def reward_metrics(self, batches) -> dict[str, float]:
+        """The step's reward metrics (``rewards.functions.reward_metrics``); reward functions that failed
+        (``reward_on_error="skip"``) are also reported on the console."""
+        from reasonlab.rewards.functions import reward_metrics
+
+        for scores in batches:
+            for msg in scores.errors.values():
+                print(f"warning: step {self.step_no}: {msg}", file=sys.stderr)
+        return reward_metrics(batches)
 
     def _ref_logp(self, mb, autocast):
         import torch

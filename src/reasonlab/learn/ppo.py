@@ -133,7 +133,7 @@ class PPOTrainer(Trainer):
         import torch
 
         from reasonlab.learn import losses
-        from reasonlab.learn.rollout import make_microbatches, repetition_rate, token_logps
+        from reasonlab.learn.rollout import make_microbatches, sample_metrics, token_logps
 
         cfg = self.cfg
         t_start = time.time()
@@ -226,19 +226,11 @@ class PPOTrainer(Trainer):
             "reward_mean": rmean, "reward_std": math.sqrt(sum((r - rmean) ** 2 for r in rewards) / len(rewards)),
             **stats, "kl": kl_mean, "beta": self.beta, "grad_norm": float(grad_norm), "lr": lr,
             "value_mean": float(sum(float((v * mbs[m].mask.to(v.device)).sum()) for m, v in old_values.items()) / n_tok),
-            "completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
-            "completion_len_min": min(lens), "truncation_rate": sum(s.truncated for s in samples) / len(samples),
-            "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples),
+            **sample_metrics(samples),
             "tokens_per_s": sum(lens) / max(wall, 1e-9), "time_generation_s": gen_s, "time_scoring_s": score_s,
             "time_training_s": time.time() - t_train, "time_step_s": wall,
+            **self.reward_metrics([scores]),
         }
-        for name, vals in scores.per_function.items():
-            got = [v for v in vals if v is not None]
-            rec[f"reward/{name}"] = sum(got) / len(got) if got else float("nan")
-        if scores.results is not None:
-            from reasonlab.types import Status
-
-            rec["accuracy"] = sum(r.status is Status.OK for r in scores.results) / len(scores.results)
         self.last_samples = samples
         return rec
 

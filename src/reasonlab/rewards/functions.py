@@ -85,6 +85,33 @@ class RewardScores:
     """Functions that raised (``on_error="skip"``): name -> one-line message."""
 
 
+def reward_metrics(batches: Sequence[RewardScores]) -> dict[str, float]:
+    """Per-step reward metrics over one or more scored batches (e.g. dynamic-sampling rounds).
+
+    ``reward/<name>``: the function's mean over the samples it scored; ``reward/<name>/missing``:
+    samples it skipped (None); ``reward/<name>/errors``: batches in which it raised (``on_error="skip"``);
+    ``accuracy``, ``verifier_timeouts``, ``verifier_errors``: from the task verifier's results.
+    """
+    got: dict[str, list[float]] = {}
+    out: dict[str, float] = {}
+    results: list[RewardResult] = []
+    for scores in batches:
+        for name, vals in scores.per_function.items():
+            scored = [v for v in vals if v is not None]
+            got.setdefault(name, []).extend(scored)
+            out[f"reward/{name}/missing"] = out.get(f"reward/{name}/missing", 0) + len(vals) - len(scored)
+        for name in scores.errors:
+            out[f"reward/{name}/errors"] = out.get(f"reward/{name}/errors", 0) + 1
+        results.extend(scores.results or [])
+    for name, vals in got.items():
+        out[f"reward/{name}"] = sum(vals) / len(vals) if vals else float("nan")
+    if results:
+        out["accuracy"] = sum(r.status is Status.OK for r in results) / len(results)
+        out["verifier_timeouts"] = sum(r.status is Status.TIMEOUT for r in results)
+        out["verifier_errors"] = sum(r.status is Status.ERROR for r in results)
+    return out
+
+
 class RewardError(ReasonlabError):
     """A reward function raised; the message names it."""
 
