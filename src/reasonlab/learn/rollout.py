@@ -231,16 +231,10 @@ def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def sample_metrics(samples: Sequence[Sample]) -> dict[str, float]:
-    """Completion lengths (tokens), truncation rate and repetition rate of a batch of samples."""
+    """Completion lengths (tokens), truncation rate and repetition rate (of token 4-grams) of a batch of samples."""
+    from reasonlab.rewards.combinators import repetition_rate
+
     lens = [len(s.completion_ids) for s in samples]
     return {"completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
             "completion_len_min": min(lens), "truncation_rate": sum(s.truncated for s in samples) / len(samples),
-            "repetition_rate": sum(repetition_rate(s.completion_ids) for s in samples) / len(samples)}
-
-
-def repetition_rate(ids: Sequence[int], n: int = 4) -> float:
-    """Fraction of the n-grams of ``ids`` that already occurred earlier in it (0 for short sequences)."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+            "repetition_rate": sum(repetition_rate(s.completion_ids, 4) for s in samples) / len(samples)}
