@@ -162,6 +162,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def parse_mapping(text: str, what: str) -> dict[str, Any]:
+    """A YAML/JSON mapping given as one command-line string (e.g. ``--task-options '{a: 1}'``); empty -> {}.
+
+    ``what`` names the option in the error message.
+    """
+    if not text.strip():
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} must be a mapping, got {text!r}")
+    return data
+
+
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     """Resolve defaults < YAML (``--config``) < flags into a frozen ``cls`` instance."""
     values: dict[str, Any] = {}

@@ -104,17 +104,10 @@ _RESUMABLE_DIFFS = {"out", "resume", "batch_size", "device", "limit"}
 
 
 def task_options(cfg: EvalConfig) -> dict[str, Any]:
-    import yaml
-
+    """The task's options: ``cfg.task_options`` parsed, or the default task's own options when it is empty."""
     if not cfg.task_options.strip():
         return dict(DEFAULT_TASK_OPTIONS) if cfg.task == DEFAULT_TASK else {}
-    try:
-        opts = yaml.safe_load(cfg.task_options)
-    except yaml.YAMLError as e:
-        raise UsageError(f"--task-options is not valid YAML/JSON: {e}") from e
-    if not isinstance(opts, dict):
-        raise UsageError(f"--task-options must be a mapping, got {cfg.task_options!r}")
-    return opts
+    return config_lib.parse_mapping(cfg.task_options, "--task-options")
 
 
 def _check_resumable(out: Path, cfg: EvalConfig) -> None:

@@ -220,12 +220,13 @@ class Trainer:
         from reasonlab.learn.sft import add_lora, load_model, lr_multiplier
         from reasonlab.policies.hf import HFPolicy, pick_device, pick_dtype
         from reasonlab.rewards.functions import build_reward_set
+        from reasonlab.evaluation.harness import task_options
         from reasonlab.tasks import load_task
 
         self.cfg = cfg
         # Task and rewards first: a typo there should not wait for a model to load.
         self.own_task = task is None
-        self.task = task or load_task(cfg.task, **_task_options(cfg.task_options))
+        self.task = task or load_task(cfg.task, **task_options(cfg))
         if cfg.strict_rewards and hasattr(self.task, "use_strict_verifier"):
             self.task.use_strict_verifier()
         self.rewards = build_reward_set(cfg.rewards, self.task, cfg.reward_on_error)
@@ -536,17 +537,6 @@ class Trainer:
             self.task.close()
 
 
-def _task_options(text: str) -> dict[str, Any]:
-    import yaml
-
-    if not text.strip():
-        return {}
-    opts = yaml.safe_load(text)
-    if not isinstance(opts, dict):
-        raise UsageError(f"task_options must be a mapping, got {text!r}")
-    return opts
-
-
 def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
           on_step: Callable[[int, dict, "Trainer"], None] | None = None, trainer_cls: type | None = None) -> dict[str, Any]:
     """Run (or resume) GRPO; returns the summary. ``on_step(step, metrics, trainer)`` after each step.
@@ -667,7 +657,7 @@ def _make_monitor(spec: str, run_path: Path, resume_step: int | None):
 
     if spec.strip().lower() == "off":
         return None
-    opts = _task_options(spec) if spec.strip() else {}
+    opts = config_lib.parse_mapping(spec, "--monitor")
     return Monitor(config_lib.build(MonitorConfig, opts), run_dir=run_path, resume_step=resume_step)
 
 
