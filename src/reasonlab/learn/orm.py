@@ -288,9 +288,10 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
     from reasonlab.runtime.interrupt import StopOnCtrlC
 
     t_start = time.time()
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    amp_dtype = getattr(torch, dtype_name)
+    from reasonlab.policies.hf import pick_device, pick_dtype
+
+    device = pick_device(cfg.device)
+    amp_dtype = pick_dtype(cfg.dtype, device)
     weights_dtype = amp_dtype if cfg.lora else torch.float32
     if model is None:
         model, tokenizer = load_model(cfg.model, weights_dtype)

@@ -224,9 +224,10 @@ def train(cfg: SFTConfig, rows: list[dict] | None = None, *, model=None, tokeniz
     else:
         raise UsageError("no training data: pass --data rows.jsonl")
 
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    amp_dtype = getattr(torch, dtype_name)
+    from reasonlab.policies.hf import pick_device, pick_dtype
+
+    device = pick_device(cfg.device)
+    amp_dtype = pick_dtype(cfg.dtype, device)
     # Trained weights stay float32 (AdamW updates are far below bf16 resolution); frozen LoRA base
     # weights only need the compute dtype.
     weights_dtype = amp_dtype if cfg.lora else torch.float32
