@@ -332,7 +332,7 @@ class Trainer:
         cfg = self.cfg
         t_start = time.time()
         # 1. Rollouts (with dynamic sampling: more rounds until the batch holds informative groups).
-        samples, all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = [], [], 0.0, 0.0, 0, 0, 0
+        all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = [], 0.0, 0.0, 0, 0, 0
         kept_groups: list[list[Any]] = []
         while len(kept_groups) < cfg.prompts_per_step and rounds < (cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             need = cfg.prompts_per_step - len(kept_groups)
@@ -410,7 +410,7 @@ class Trainer:
                     logits = completion_logits(self.model, mb)
                 # The policy being improved is the one that sampled: log-probs at the sampling temperature
                 # (as TRL and verl compute them).
-                logp = token_logps(logits / cfg.temperature if cfg.temperature != 1.0 else logits, mb.completion_ids)
+                logp = token_logps(logits, mb.completion_ids, cfg.temperature)
                 if it == 0:
                     # The batch was sampled from these very weights: the first pass's log-probs are
                     # pi_old, so no separate no-grad forward is needed (ratio 1 on the first pass).
@@ -495,8 +495,7 @@ class Trainer:
             else:  # LoRA: the reference is the base model with the adapters switched off
                 with self.model.disable_adapter():
                     logits = completion_logits(self.model, mb)
-        t = self.cfg.temperature
-        return token_logps(logits.float() / t if t != 1.0 else logits.float(), mb.completion_ids)
+        return token_logps(logits.float(), mb.completion_ids, self.cfg.temperature)
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, run_dir: Path) -> float:

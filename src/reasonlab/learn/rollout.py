@@ -224,8 +224,10 @@ def completion_logits(model, mb: MicroBatch | GroupMicroBatch) -> torch.Tensor:
     return out.logits[:, :-1].float()
 
 
-def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``log p(ids)`` under ``softmax(logits)``. ``logits: (b, T, V)``, ``ids: (b, T)`` -> ``(b, T)``."""
+def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log p(ids)`` under ``softmax(logits / temperature)``. ``logits: (b, T, V)``, ``ids: (b, T)`` -> ``(b, T)``."""
+    if temperature != 1.0:
+        logits = logits / temperature
     # logsumexp + gather avoids materialising a second (b, T, V) log-softmax tensor.
     return logits.gather(-1, ids[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
