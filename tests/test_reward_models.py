@@ -167,6 +167,15 @@ def test_prm_training_separates_steps_and_plugs_into_search(tmp_path, random_tin
     rs = build_reward_set(f"prm:{summary['final_dir']}@last", task=None)
     scores = rs.score([ex.prompt], ["\n".join(fresh[0]["steps"])], [ex])
     assert scores.total == pytest.approx([per_step[0][-1]], abs=1e-5)
+    # Per step, for process-supervised RL: one reward per step, the PRM's own step probabilities.
+    from reasonlab.rewards.process import build_process_reward
+
+    pr = build_process_reward(f"prm:{summary['final_dir']}", task=None)
+    texts = ["\n".join(r["steps"]) for r in fresh[:3]]
+    got = pr.score([r["prompt"] for r in fresh[:3]], texts, [ex] * 3)
+    for (spans, vals), r, want in zip(got, fresh[:3], per_step[:3]):
+        assert [t[a:b] for t in ["\n".join(r["steps"])] for a, b in spans] == r["steps"]
+        assert vals == pytest.approx(want, abs=1e-5)
 
 
 def test_implicit_prm_learns_outcomes_and_scores_steps(tmp_path, random_tiny_dir):

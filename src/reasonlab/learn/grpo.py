@@ -57,6 +57,12 @@ class GRPOConfig:
     rewards: str = "accuracy"
     """Reward functions and weights: comma-separated name[=weight]; names: accuracy (the task's verifier),
     format (<think>/<answer> format), or module:function for any TRL-shaped function."""
+    process_rewards: str = ""
+    """Per-step rewards for process supervision (DeepSeekMath's process-supervised GRPO): steps (the task's step
+    checker), prm:DIR (a trained PRM) or module:function; their token advantages are added to the outcome
+    advantages. Empty: outcome rewards only."""
+    process_coef: float = 1.0
+    """Weight of the process advantages against the outcome advantages."""
     strict_rewards: bool = True
     """Score with the task's strict verifier where it has one (math answers: hedged, ambiguous or several answers
     earn nothing; see benchmarks/hacking_probes.py). Held-out evaluations use the same verifier."""
@@ -230,6 +236,11 @@ class Trainer:
         if cfg.strict_rewards and hasattr(self.task, "use_strict_verifier"):
             self.task.use_strict_verifier()
         self.rewards = build_reward_set(cfg.rewards, self.task, cfg.reward_on_error)
+        self.process = None
+        if cfg.process_rewards:
+            from reasonlab.rewards.process import build_process_reward
+
+            self.process = build_process_reward(cfg.process_rewards, self.task)
         self.device = pick_device(cfg.device)
         self.amp_dtype = pick_dtype(cfg.dtype, self.device)
         weights_dtype = self.amp_dtype if cfg.lora else torch.float32
@@ -374,6 +385,17 @@ class Trainer:
             s.advantage = a
             if cfg.overlong_filter and s.truncated:
                 s.loss_weight_scale = 0.0
+        t_max = max(max(len(s.completion_ids) for s in samples), 1)
+        # Token advantages (B, T): the outcome advantage on every token, plus the process advantages.
+        tok_adv = adv[:, None].expand(len(samples), t_max).clone()
+        process_stats: dict[str, float] = {}
+        if self.process is not None:
+            t0 = time.time()
+            proc, process_stats = self.process_advantages(samples, t_max)
+            tok_adv += cfg.process_coef * proc
+            score_s += time.time() - t0
+        lengths = torch.tensor([len(s.completion_ids) for s in samples])
+        tok_adv *= (torch.arange(t_max)[None, :] < lengths[:, None])
 
         # 3. Policy update: mu passes over the batch, micro-batched, loss weights for the whole batch.
         t_train = time.time()
@@ -382,13 +404,12 @@ class Trainer:
         # A sample with advantage 0 (every sample of a group whose rewards agree) adds nothing to the gradient
         # when there is no KL or entropy term: skip its forward and backward. The loss weights below are still
         # computed over the whole batch, so the update is exactly the same, only cheaper.
-        active = [i for i, s in enumerate(samples)
-                  if s.advantage != 0.0 or cfg.beta > 0 or cfg.entropy_coef > 0]
+        active = [i for i in range(len(samples))
+                  if bool(tok_adv[i].abs().max() > 0) or cfg.beta > 0 or cfg.entropy_coef > 0]
         # Shared prompts: completions of one prompt share one prompt pass (completion_logits takes either layout).
         share = cfg.share_prompt and rollout.supports_shared_prompt(self.model)
         batcher = rollout.make_group_microbatches if share else make_microbatches
         mbs = batcher(samples, cfg.micro_batch_size, pad_id, include=active or [0])
-        t_max = max(max(len(s.completion_ids) for s in samples), 1)
         full_mask = torch.zeros((len(samples), t_max))
         for i, s in enumerate(samples):
             full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
@@ -405,7 +426,7 @@ class Trainer:
                 mb = mb.to(self.device)
                 b, t = mb.mask.shape
                 w = weights[mb.index, :t].to(self.device)
-                a = torch.tensor([samples[i].advantage for i in mb.index], device=self.device)[:, None]
+                a = tok_adv[mb.index, :t].to(self.device)
                 with autocast:
                     logits = completion_logits(self.model, mb)
                 # The policy being improved is the one that sampled: log-probs at the sampling temperature
@@ -470,9 +491,48 @@ class Trainer:
             "tokens_per_s": gen_tokens / max(wall, 1e-9),
             "time_generation_s": gen_s, "time_scoring_s": score_s, "time_training_s": train_s, "time_step_s": wall,
             **self.reward_metrics([scores for _, scores in all_scores]),
+            **process_stats,
         }
         self.last_samples = samples
         return rec
+
+    def step_rewards(self, samples):
+        """The batch's process rewards on tokens: ``(rewards, mask, end)``, each ``(B, S)``, and metrics.
+
+        Step ``j`` of sample ``i`` earned ``rewards[i, j]`` and its text ends at completion token
+        ``end[i, j]``; ``mask`` is 0 on padding and on steps the function could not rate (None).
+        """
+        import torch
+
+        from reasonlab.learn.rollout import char_ends_to_tokens
+
+        scored = self.process.score([s.example.prompt for s in samples], [s.text for s in samples],
+                                    [s.example for s in samples])
+        n_steps = max(max((len(sp) for sp, _ in scored), default=0), 1)
+        r = torch.zeros(len(samples), n_steps)
+        m = torch.zeros(len(samples), n_steps)
+        end = torch.zeros(len(samples), n_steps, dtype=torch.long)
+        for i, (s, (spans, vals)) in enumerate(zip(samples, scored)):
+            if not spans:
+                continue
+            ends = char_ends_to_tokens(self.policy.decode_ids, s.completion_ids, [b for _, b in spans])
+            for j, (v, e) in enumerate(zip(vals, ends)):
+                if v is not None:
+                    r[i, j], m[i, j], end[i, j] = v, 1.0, e
+        stats = {f"process/{self.process.name}": float((r * m).sum() / m.sum().clamp(min=1)),
+                 "process/steps_mean": float(m.sum(1).mean())}
+        return r, m, end, stats
+
+    def process_advantages(self, samples, t_max: int):
+        """Process-supervised token advantages ``(B, t_max)`` of the batch (``losses.process_advantages``:
+        step rewards normalised per group, each token credited with the steps that end at or after it)."""
+        from reasonlab.learn import losses
+
+        r, m, end, stats = self.step_rewards(samples)
+        adv = losses.process_advantages(r, m, end, self.cfg.group_size, t_max)
+        n_tok = max(sum(len(s.completion_ids) for s in samples), 1)
+        stats["process/advantage_abs_mean"] = float(adv.abs().sum() / n_tok)
+        return adv, stats
 
     def reward_metrics(self, batches) -> dict[str, float]:
         """The step's reward metrics (``rewards.functions.reward_metrics``); reward functions that failed

@@ -10,6 +10,7 @@ Shapes: ``B`` sequences (prompts x completions, flattened prompt-major), ``T`` c
 
 References, by function:
 
+- ``process_advantages``: GRPO with process supervision (DeepSeekMath section 4.1.3).
 - ``group_advantages``: GRPO, Shao et al. 2024 (DeepSeekMath) eq. 3 with std scaling by group;
   scaling by batch std or none is Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training").
 - ``rloo_advantages``: Ahmadian et al. 2024 ("Back to Basics"), leave-one-out baseline.
@@ -108,6 +109,43 @@ ADVANTAGES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "reinforce_pp_baseline": lambda r: reinforce_pp_advantages(r, "group"),
     "reinforce": mean_baseline_advantages,
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Advantages from process rewards (one reward per reasoning step)
+# ----------------------------------------------------------------------------------------------
+
+def process_advantages(step_rewards: torch.Tensor, step_mask: torch.Tensor, step_end: torch.Tensor,
+                       group_size: int, length: int, scale: str = "group") -> torch.Tensor:
+    """GRPO with process supervision (DeepSeekMath, Shao et al. 2024, section 4.1.3): token advantages.
+
+    ``step_rewards: (B, S)`` one reward per step (padded), ``step_mask: (B, S)`` 1.0 on real steps,
+    ``step_end: (B, S)`` long, the index of each step's last completion token; rows are prompt-major
+    groups of ``group_size`` (``B = P * group_size``). Returns ``(B, length)``.
+
+    Each step reward is normalised by the mean and std of *all* step rewards of its group
+    (``scale="group"``; ``"none"`` only subtracts the mean), and a token's advantage is the sum of the
+    normalised rewards of the steps that end at or after it: ``A_t = sum_{j: end_j >= t} r~_j``. A
+    token is credited with what its step and every later step earned, so a wrong step lowers the
+    tokens that led to it and not those of a right step before it; tokens after the last step get 0.
+    """
+    b, s = step_rewards.shape
+    if b % group_size:
+        raise ValueError(f"{b} rows are not whole groups of {group_size}")
+    r = step_rewards.reshape(-1, group_size * s)
+    m = step_mask.reshape(-1, group_size * s).to(r.dtype)
+    count = m.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = (r * m).sum(dim=1, keepdim=True) / count
+    norm = (r - mean) * m
+    if scale == "group":
+        std = ((norm ** 2).sum(dim=1, keepdim=True) / count).sqrt()
+        norm = norm / (std + EPS)
+    elif scale != "none":
+        raise ValueError(f"unknown std scaling {scale!r}; choose group or none")
+    norm = norm.reshape(b, s)
+    t = torch.arange(length, device=step_end.device)
+    covers = (step_end[:, :, None] >= t[None, None, :]).to(norm.dtype)  # (B, S, T): step j ends at/after t
+    return torch.einsum("bs,bst->bt", norm, covers * step_mask.to(norm.dtype)[:, :, None])
 
 
 # ----------------------------------------------------------------------------------------------

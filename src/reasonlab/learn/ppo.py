@@ -146,6 +146,14 @@ class PPOTrainer(Trainer):
             if cfg.overlong_filter and s.truncated:
                 s.loss_weight_scale = 0.0
 
+        # Process rewards (Math-Shepherd's step-by-step PPO): each step's reward on the token that ends it.
+        step_r, process_stats = None, {}
+        if self.process is not None:
+            t0 = time.time()
+            r, m, end, process_stats = self.step_rewards(samples)
+            step_r = (r * m * cfg.process_coef, end)
+            score_s += time.time() - t0
+
         t_train = time.time()
         mbs = make_microbatches(samples, cfg.micro_batch_size, self.policy.pad_id)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
@@ -169,6 +177,8 @@ class PPOTrainer(Trainer):
                 for r, i in enumerate(mb.index):                    # the outcome reward on the last token
                     if lengths[r] > 0:
                         token_r[r, lengths[r] - 1] += samples[i].reward
+                        if step_r is not None:
+                            token_r[r].index_add_(0, step_r[1][i].to(token_r.device), step_r[0][i].to(token_r.device))
                 adv_t[m], ret_t[m] = losses.gae(token_r, old_values[m], mb.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             allv = torch.cat([adv_t[m][mb.mask.to(self.device) > 0] for m, mb in enumerate(mbs)])
@@ -230,6 +240,7 @@ class PPOTrainer(Trainer):
             "tokens_per_s": sum(lens) / max(wall, 1e-9), "time_generation_s": gen_s, "time_scoring_s": score_s,
             "time_training_s": time.time() - t_train, "time_step_s": wall,
             **self.reward_metrics([scores]),
+            **process_stats,
         }
         self.last_samples = samples
         return rec

@@ -240,3 +240,25 @@ def sample_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     return {"completion_len_mean": sum(lens) / len(lens), "completion_len_max": max(lens),
             "completion_len_min": min(lens), "truncation_rate": sum(s.truncated for s in samples) / len(samples),
             "repetition_rate": sum(repetition_rate(s.completion_ids, 4) for s in samples) / len(samples)}
+
+
+def char_ends_to_tokens(decode, ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
+    """For each character offset in ``char_ends``, the index of the completion token that writes it.
+
+    ``decode(ids[:k])`` is the text of the first ``k`` tokens (the sampler's text is a prefix of the
+    decoded ids: EOS and a cut stop string only come after it). A step ending at character ``e``
+    (exclusive) ends at the first token ``k`` whose prefix text reaches ``e`` characters; found by
+    bisection, so ``O(steps * log T)`` decodes, never a re-tokenisation of the text.
+    """
+    out = []
+    n = len(ids)
+    for e in char_ends:
+        lo, hi = 1, n  # smallest k in [1, n] with len(decode(ids[:k])) >= e
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(decode(ids[:mid])) >= e:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(max(min(lo, n) - 1, 0))
+    return out

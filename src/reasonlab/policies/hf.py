@@ -296,8 +296,7 @@ class HFPolicy(Policy):
         for r in range(len(toks)):
             ids = toks[r]
             lp = lps[r]
-            text_ids = [t for t in ids if t not in self.eos_ids]
-            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+            text = self.decode_ids(ids)
             if stop_cut[r]:
                 cut = find_stop(text, stops)
                 if cut != -1:
@@ -306,6 +305,10 @@ class HFPolicy(Policy):
             res.append(Completion(text=text, token_ids=list(ids), logprobs=list(lp), finish_reason=finish[r],
                                   prompt_tokens=len(prompt), prompt_token_ids=list(prompt)))
         return res
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        """The text of sampled token ids, as completions carry it (EOS and special tokens left out)."""
+        return self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
 
     # -- scoring ------------------------------------------------------------------------------
     def logprobs_of(self, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],

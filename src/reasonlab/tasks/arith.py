@@ -55,6 +55,7 @@ class ArithTask(Task):
 
     name = "arith"
     stop = ("\nQ:",)
+    step_separator = "\n"
 
     def __init__(self, min_ops: int = 2, max_ops: int = 4, max_value: int = 99, test_size: int = 500,
                  train_size: int = 20000, seed: int = 0, prompt_format: str = "plain"):
@@ -110,6 +111,21 @@ class ArithTask(Task):
         if example.answer is None:
             return RewardResult.error("example has no gold answer", extracted=got)
         return RewardResult.ok(got) if int(got) == int(example.answer) else RewardResult.wrong(got)
+
+    def step_labels(self, example: Example, steps: list[str]) -> list[bool]:
+        """Whether each step (a line of the completion) keeps the solution on the right track.
+
+        Step k is right when lines 1..k all match the worked solution: the same partial sum, written
+        the same way, the answer line included. As Math-Shepherd's hard labels, a step after a wrong
+        one is wrong too (a slip cannot be taken back); steps beyond the solution's end are wrong.
+        This is the process reward of ``--process-rewards steps``.
+        """
+        gold = [line.strip() for line in example.meta["solution"].split("\n")]
+        out, ok = [], True
+        for k, step in enumerate(steps):
+            ok = ok and k < len(gold) and step.strip() == gold[k]
+            out.append(ok)
+        return out
 
     def answer_key(self, extracted: str | None) -> Hashable | None:
         return None if extracted is None else int(extracted)
