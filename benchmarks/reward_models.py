@@ -190,7 +190,7 @@ def best_of_n(samples: list[dict], scores: dict[str, list[float]], per_problem: 
 
 def search_compare(policy, task, examples, prm, samples: list[dict], per_problem: int, s: dict) -> dict:
     """Self-consistency (from the shared samples) vs REBASE / beam with the PRM: accuracy and generated tokens."""
-    from reasonlab.rewards.reward_model import as_scorer
+    from reasonlab.search.scorers import as_scorer
     from reasonlab.search import make_strategy
 
     sc = {}

@@ -22,14 +22,13 @@ from reasonlab.rewards.reward_model import (
     RewardModel,
     RewardModelCard,
     RewardModelReward,
-    as_scorer,
     auroc,
     encode_outcome,
     encode_steps,
     load_reward_model,
 )
 from reasonlab.search.base import Candidate, SearchContext
-from reasonlab.search.scorers import PRMScorer
+from reasonlab.search.scorers import PRMScorer, as_scorer
 from reasonlab.types import Example
 
 

@@ -13,7 +13,7 @@ targets in [0, 1]), or PRM800K's human ratings. Steps with no label (``null``) a
 
 The loop, checkpoints, held-out AUROC and Ctrl-C are the ORM's (:func:`reasonlab.learn.orm.fit`);
 only the data differs. The trained PRM plugs into search as ``ProcessScorer(prm, "min")`` (or
-``PRMScorer``) and into RL as ``RewardModelReward(prm, "min")``.
+``PRMScorer``) and into RL as ``RewardModelReward(prm, "min")`` (outcome) or ``PRMStepReward(prm)`` (per step).
 
 Run::
 

@@ -39,12 +39,12 @@ from reasonlab.rewards.reward_model import (
     BACKBONE,
     Encoded,
     RewardModelCard,
-    _aggregate_or_nan,
     load_backbone,
     pad_batch,
     prompt_token_ids,
     split_solution,
 )
+from reasonlab.rewards.steps import aggregate_or_nan
 from reasonlab.types import Example, Prompt
 
 MODES = ("step", "value")
@@ -196,7 +196,7 @@ class ImplicitPRM:
     def score_texts(self, prompts: Sequence[Prompt], completions: Sequence[str], how: str = "min") -> list[float]:
         """Step scores of each completion (split at the separator), aggregated with ``how``."""
         per_step = self.score_steps(prompts, [split_solution(c, self.separator) for c in completions])
-        return [_aggregate_or_nan(s, how) for s in per_step]
+        return [aggregate_or_nan(s, how) for s in per_step]
 
     # -- save / load --------------------------------------------------------------------------
     def save(self, path: str | Path, model: torch.nn.Module | None = None) -> Path:

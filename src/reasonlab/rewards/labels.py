@@ -46,7 +46,7 @@ from typing import Any
 from reasonlab import config as config_lib
 from reasonlab.errors import DataError, UsageError
 from reasonlab.rewards.reward_model import unescape
-from reasonlab.search.base import split_steps
+from reasonlab.rewards.steps import split_steps
 from reasonlab.types import Example, SamplingParams, Status
 
 

@@ -27,24 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from reasonlab.errors import UsageError
+from reasonlab.rewards.steps import step_spans
 
 StepRewardFn = Callable[..., "list[list[float | None] | None]"]
-
-
-def step_spans(text: str, separator: str) -> list[tuple[int, int]]:
-    """``(start, end)`` character spans of the non-blank steps of ``text`` cut at ``separator``.
-
-    The same pieces as ``search.base.split_steps`` (which PRMs are trained and scored on), with their
-    positions, so that each step's reward can be put on the tokens that wrote it.
-    """
-    if not separator:
-        return [(0, len(text))] if text.strip() else []
-    spans, pos = [], 0
-    for piece in text.split(separator):
-        if piece.strip():
-            spans.append((pos, pos + len(piece)))
-        pos += len(piece) + len(separator)
-    return spans
 
 
 class TaskStepReward:

@@ -26,14 +26,15 @@ A trained model is a directory::
 :func:`load_reward_model` opens any kind (``orm``, ``prm``, and ``implicit-prm`` from
 ``rewards/implicit_prm.py``). Trained models plug in everywhere a reward is used:
 
-- search: :func:`as_scorer` (ORM: :class:`OutcomeScorer`; PRM: :class:`ProcessScorer`, a batched
-  ``search.scorers.PRMScorer``); a PRM also satisfies the ``ProcessRewardModel`` protocol itself, so
+- search: ``search.scorers.as_scorer`` (ORM: ``OutcomeScorer``; PRM: ``ProcessScorer``, a batched
+  ``PRMScorer``); a PRM also satisfies the ``ProcessRewardModel`` protocol itself, so
   ``PRMScorer(prm, "min")`` works too;
-- RL: :class:`RewardModelReward`, a TRL-shaped reward function ``f(prompts, completions, **columns)``.
+- RL: :class:`RewardModelReward`, a TRL-shaped reward function ``f(prompts, completions, **columns)``,
+  and per step ``rewards.process.PRMStepReward`` (``--process-rewards prm:DIR``).
 
 Train them with ``reasonlab train orm`` / ``reasonlab train prm`` (``learn/orm.py``, ``learn/prm.py``).
-The adapters import the search layer's scorer interface (``search.base`` / ``search.scorers``, which
-import nothing from ``rewards``), so that a trained model is a scorer without any glue code.
+Nothing here imports the search layer (it comes after rewards); the step helpers both use are in
+``rewards/steps.py``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ from typing import Any, NamedTuple
 import torch
 
 from reasonlab.errors import UsageError
-from reasonlab.search.base import Candidate, SearchContext, split_steps
-from reasonlab.search.scorers import AGGREGATIONS, PRMScorer, Scorer, aggregate
+from reasonlab.rewards.steps import AGGREGATIONS, aggregate_or_nan, split_steps
 from reasonlab.types import Example, Prompt
 
 CARD = "reward_model.json"
@@ -308,7 +308,7 @@ class RewardModel(torch.nn.Module):
         if self.kind == "orm":
             return self.score_outcomes(prompts, completions)
         per_step = self.score_steps(prompts, [split_solution(c, self.separator) for c in completions])
-        return [_aggregate_or_nan(s, how) for s in per_step]
+        return [aggregate_or_nan(s, how) for s in per_step]
 
     # -- save / load --------------------------------------------------------------------------
     def save(self, path: str | Path, backbone: torch.nn.Module | None = None) -> Path:
@@ -336,13 +336,6 @@ class RewardModel(torch.nn.Module):
         except (OSError, RuntimeError) as e:
             raise UsageError(f"cannot load the value head of {path}: {str(e).splitlines()[0]}") from e
         return rm.eval()
-
-
-def _aggregate_or_nan(scores: Sequence[float], how: str) -> float:
-    """Aggregate step scores; NaN if any step could not be rated (a cut-off step is not a good step)."""
-    if not scores or any(math.isnan(s) for s in scores):
-        return math.nan
-    return aggregate(scores, how)
 
 
 def load_backbone(path: str | Path, device: str = "auto", dtype: str = "auto"):
@@ -376,53 +369,8 @@ def load_reward_model(path: str | Path, device: str = "auto", dtype: str = "auto
 
 
 # ----------------------------------------------------------------------------------------------
-# Adapters: search scorers and TRL-shaped rewards
+# Adapter: a TRL-shaped reward (the search scorers are in search/scorers.py: as_scorer)
 # ----------------------------------------------------------------------------------------------
-
-@dataclass
-class OutcomeScorer(Scorer):
-    """A trained ORM as a search scorer: P(correct) of each candidate's text (partial ones included)."""
-
-    rm: Any = None
-    """A RewardModel of kind orm."""
-    name = "orm"
-
-    def __post_init__(self) -> None:
-        if getattr(self.rm, "kind", None) != "orm":
-            raise UsageError("OutcomeScorer needs an ORM (a RewardModel of kind 'orm')")
-
-    def score(self, ctx: SearchContext, candidates: Sequence[Candidate]) -> list[float]:
-        return self.rm.score_outcomes([ctx.example.prompt] * len(candidates), [c.text for c in candidates])
-
-
-@dataclass
-class ProcessScorer(PRMScorer):
-    """A trained PRM (or implicit PRM) as a search scorer: step scores of all candidates in one batch, aggregated.
-
-    Same results as ``PRMScorer(prm, how)`` (which asks for one candidate at a time), faster.
-    """
-
-    name = "prm"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not callable(getattr(self.prm, "score_steps", None)):
-            raise UsageError("ProcessScorer needs a model with score_steps(prompts, steps); use PRMScorer otherwise")
-
-    def score(self, ctx: SearchContext, candidates: Sequence[Candidate]) -> list[float]:
-        steps = [list(c.steps) or split_solution(c.text, self.prm.separator) for c in candidates]
-        per_step = self.prm.score_steps([ctx.example.prompt] * len(candidates), steps)
-        return [_aggregate_or_nan(s, self.how) for s in per_step]
-
-
-def as_scorer(model: Any, how: str = "min") -> Scorer:
-    """The search scorer of a trained reward model: ORM -> OutcomeScorer, PRM kinds -> ProcessScorer."""
-    if how not in AGGREGATIONS:
-        raise UsageError(f"unknown step-score aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
-    if getattr(model, "kind", None) == "orm":
-        return OutcomeScorer(rm=model)
-    return ProcessScorer(prm=model, how=how)
-
 
 class RewardModelReward:
     """A trained reward model as a TRL-shaped reward: ``f(prompts, completions, **columns) -> list[float | None]``.

@@ -53,10 +53,13 @@ from reasonlab.search.rebase import Rebase, RebaseConfig, rebase_allocation
 from reasonlab.search.revision import REFLECTION, Revision, RevisionConfig
 from reasonlab.search.scorers import (
     SCORERS,
+    OutcomeScorer,
     PRMScorer,
+    ProcessScorer,
     ProcessRewardModel,
     Scorer,
     aggregate,
+    as_scorer,
     make_scorer,
 )
 from reasonlab.search.self_consistency import SelfConsistency, SelfConsistencyConfig
@@ -98,7 +101,9 @@ __all__ = [
     "GreedyConfig",
     "MCTSConfig",
     "Node",
+    "OutcomeScorer",
     "PRMScorer",
+    "ProcessScorer",
     "ProcessRewardModel",
     "Rebase",
     "RebaseConfig",
@@ -115,6 +120,7 @@ __all__ = [
     "WeightedVoteConfig",
     "aggregate",
     "annotate",
+    "as_scorer",
     "make_scorer",
     "make_strategy",
     "rebase_allocation",

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from reasonlab import config as config_lib
 from reasonlab.errors import BackendError, UsageError
 from reasonlab.types import Completion, Example, SamplingParams
+from reasonlab.rewards.steps import split_steps  # noqa: F401 - re-exported for the strategies
 
 if TYPE_CHECKING:
     from reasonlab.policies.base import Policy
@@ -336,11 +337,6 @@ def fit_rows(counts: Sequence[int], rows: int) -> list[int]:
         if not progressed:
             break
     return out
-
-
-def split_steps(text: str, separator: str) -> tuple[str, ...]:
-    """A finished solution cut into non-empty steps at ``separator``."""
-    return tuple(s for s in (text.split(separator) if separator else [text]) if s.strip())
 
 
 def weighted_vote(keys: Sequence[Hashable | None], weights: Sequence[float | None]) -> tuple[Hashable | None, dict]:

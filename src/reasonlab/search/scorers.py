@@ -37,33 +37,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from reasonlab import config as config_lib
 from reasonlab.errors import BackendError, UsageError
+from reasonlab.rewards.steps import AGGREGATIONS, aggregate, aggregate_or_nan, split_steps
 from reasonlab.search.base import Candidate, SearchContext
 from reasonlab.types import Example, SamplingParams
-
-# ----------------------------------------------------------------------------------------------
-# Aggregation of step scores (pure functions)
-# ----------------------------------------------------------------------------------------------
-
-AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
-    "last": lambda s: s[-1],
-    "min": min,
-    "product": math.prod,
-    "mean": lambda s: sum(s) / len(s),
-}
-
-
-def aggregate(step_scores: Sequence[float], how: str = "min") -> float:
-    """One score for a solution from its step scores: ``last``, ``min``, ``product`` or ``mean``.
-
-    ``min`` and ``product`` are the PRM papers' usual choices (Lightman et al. 2023; Wang et al. 2024);
-    ``last`` treats the PRM's last step as an outcome score (Snell et al. 2024 found it works best).
-    """
-    if how not in AGGREGATIONS:
-        raise UsageError(f"unknown step-score aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
-    if not step_scores:
-        raise ValueError("no step scores to aggregate")
-    return float(AGGREGATIONS[how](list(step_scores)))
-
 
 # ----------------------------------------------------------------------------------------------
 # The interface
@@ -352,6 +328,55 @@ class PRMScorer(Scorer):
 
 
 # ----------------------------------------------------------------------------------------------
+# Trained reward models (reasonlab train orm / prm): rewards.reward_model.RewardModel, duck-typed
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class OutcomeScorer(Scorer):
+    """A trained ORM as a search scorer: P(correct) of each candidate's text (partial ones included)."""
+
+    rm: Any = None
+    """A RewardModel of kind orm."""
+    name = "orm"
+
+    def __post_init__(self) -> None:
+        if getattr(self.rm, "kind", None) != "orm":
+            raise UsageError("OutcomeScorer needs an ORM (a RewardModel of kind 'orm')")
+
+    def score(self, ctx: SearchContext, candidates: Sequence[Candidate]) -> list[float]:
+        return self.rm.score_outcomes([ctx.example.prompt] * len(candidates), [c.text for c in candidates])
+
+
+@dataclass
+class ProcessScorer(PRMScorer):
+    """A trained PRM (or implicit PRM) as a search scorer: step scores of all candidates in one batch, aggregated.
+
+    Same results as ``PRMScorer(prm, how)`` (which asks for one candidate at a time), faster.
+    """
+
+    name = "prm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(getattr(self.prm, "score_steps", None)):
+            raise UsageError("ProcessScorer needs a model with score_steps(prompts, steps); use PRMScorer otherwise")
+
+    def score(self, ctx: SearchContext, candidates: Sequence[Candidate]) -> list[float]:
+        steps = [list(c.steps) or (list(split_steps(c.text, self.prm.separator)) or [c.text]) for c in candidates]
+        per_step = self.prm.score_steps([ctx.example.prompt] * len(candidates), steps)
+        return [aggregate_or_nan(s, self.how) for s in per_step]
+
+
+def as_scorer(model: Any, how: str = "min") -> Scorer:
+    """The search scorer of a trained reward model: ORM -> OutcomeScorer, PRM kinds -> ProcessScorer."""
+    if how not in AGGREGATIONS:
+        raise UsageError(f"unknown step-score aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
+    if getattr(model, "kind", None) == "orm":
+        return OutcomeScorer(rm=model)
+    return ProcessScorer(prm=model, how=how)
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry
 # ----------------------------------------------------------------------------------------------
 
@@ -374,7 +399,7 @@ def make_scorer(spec: str, **options: Any) -> Scorer:
     """
     name, _, arg = spec.partition(":")
     if name in ("orm", "prm") and arg:  # a trained reward model directory (reasonlab train orm / prm)
-        from reasonlab.rewards.reward_model import as_scorer, load_reward_model
+        from reasonlab.rewards.reward_model import load_reward_model
 
         unknown = set(options) - {"how"}
         if unknown:
