@@ -9,6 +9,7 @@ runs go one after another (they would only slow each other down on 2 cores).
     python benchmarks/rl_learning.py                                  # grpo, rloo, ppo on tiny, 15 min each
     python benchmarks/rl_learning.py --algos grpo --minutes 5          # a quicker look
     python benchmarks/rl_learning.py --recipe-suffix smollm2-rg --algos grpo --minutes 60
+    python benchmarks/rl_learning.py --algos "grpo,grpo:process_rewards=steps"   # a variant: algo:key=value;...
 
 Prints a markdown table (accuracy before -> after, steps, minutes), writes ``results.json`` and
 overlays the algorithms' curves (``val_accuracy.png``, ``reward_mean.png``) in ``--out``.
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--algos", default="grpo,rloo,ppo", help="comma-separated: grpo, rloo, reinforce, ppo")
+    ap.add_argument("--algos", default="grpo,rloo,ppo",
+                    help="comma-separated: grpo, rloo, reinforce, ppo; ALGO:KEY=VALUE;KEY=VALUE runs a variant of a recipe")
     ap.add_argument("--recipe-suffix", default="tiny-arith", help="recipes/<algo>-<suffix>.yaml")
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-time limit per algorithm")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -54,16 +56,19 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for algo in [a.strip() for a in args.algos.split(",") if a.strip()]:
+    for spec in [a.strip() for a in args.algos.split(",") if a.strip()]:
+        algo, _, variant = spec.partition(":")
         if algo not in table:
             sys.exit(f"unknown algorithm {algo!r}; choose from {', '.join(table)}")
         cls, trainer_cls = table[algo]
         recipe = REPO / "recipes" / f"{algo}-{args.recipe_suffix}.yaml"
         values = config_lib.load_yaml(recipe)
-        for kv in args.set:
+        for kv in args.set + [v for v in variant.split(";") if v]:
             k, _, v = kv.partition("=")
             values[k.replace("-", "_")] = yaml.safe_load(v)
-        values.update(out=str(out / algo), max_minutes=args.minutes, resume=False)
+        name = spec.replace(":", "-").replace(";", "-").replace("=", "-")
+        algo = spec
+        values.update(out=str(out / name), max_minutes=args.minutes, resume=False)
         cfg = config_lib.build(cls, values)
         if Path(cfg.out).exists():
             import shutil
@@ -77,7 +82,7 @@ def main() -> int:
                          "by_step": summary["val_accuracy_by_step"], "eval_limit": cfg.eval_limit}
         print(json.dumps({algo: results[algo]}), flush=True)
 
-    runs = {a: out / a for a in results}
+    runs = {a: out / a.replace(":", "-").replace(";", "-").replace("=", "-") for a in results}
     for key in ("val_accuracy", "reward_mean"):
         try:
             plot_runs(runs, key, out / f"{key}.png")

@@ -147,6 +147,9 @@ class GRPOConfig:
     completions. Off (or with gradient_checkpointing) every completion row re-runs its prompt."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    nproc: int = 1
+    """Data-parallel processes on this machine (CPU cores or GPUs): each samples and trains on its share of every
+    batch, gradients summed (the same update as one process). Or launch with torchrun, which sets the world."""
     dtype: str = "auto"
     """Compute dtype (autocast): auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16."""
     eval_every: int = 0
@@ -182,7 +185,7 @@ class GRPOConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "mu", "log_every",
-                     "max_sampling_rounds", "eval_limit"):
+                     "max_sampling_rounds", "eval_limit", "nproc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_minutes", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
@@ -192,6 +195,10 @@ class GRPOConfig:
             raise ValueError("rloo needs group_size >= 2")
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {self.dual_clip}")
+        if self.nproc > 1 and self.prompts_per_step % self.nproc:
+            raise ValueError(f"prompts_per_step={self.prompts_per_step} does not split evenly over nproc={self.nproc}")
+        if self.nproc > 1 and self.dynamic_sampling:
+            raise ValueError("dynamic sampling is not supported with nproc > 1 yet")
         if self.overlong_buffer >= self.max_new_tokens:
             raise ValueError("overlong_buffer must be smaller than max_new_tokens")
 
@@ -227,6 +234,7 @@ class Trainer:
         from reasonlab.policies.hf import HFPolicy, pick_device, pick_dtype
         from reasonlab.rewards.functions import build_reward_set
         from reasonlab.evaluation.harness import task_options
+        from reasonlab.runtime.distributed import init_world
         from reasonlab.tasks import load_task
 
         self.cfg = cfg
@@ -242,6 +250,17 @@ class Trainer:
 
             self.process = build_process_reward(cfg.process_rewards, self.task)
         self.device = pick_device(cfg.device)
+        self.world = init_world(self.device.type)  # a lone process unless launched by torchrun
+        if self.world.size > 1:
+            if cfg.prompts_per_step % self.world.size:
+                raise UsageError(f"prompts_per_step={cfg.prompts_per_step} does not split evenly over "
+                                 f"{self.world.size} processes")
+            if cfg.dynamic_sampling:
+                raise UsageError("dynamic sampling is not supported with several processes yet (their data "
+                                 "positions would drift apart)")
+            if self.device.type == "cuda":
+                self.device = torch.device(f"cuda:{self.world.local_rank}")
+                torch.cuda.set_device(self.device)
         self.amp_dtype = pick_dtype(cfg.dtype, self.device)
         weights_dtype = self.amp_dtype if cfg.lora else torch.float32
         if model is None:
@@ -345,12 +364,13 @@ class Trainer:
         # 1. Rollouts (with dynamic sampling: more rounds until the batch holds informative groups).
         all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = [], 0.0, 0.0, 0, 0, 0
         kept_groups: list[list[Any]] = []
-        while len(kept_groups) < cfg.prompts_per_step and rounds < (cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        want = cfg.prompts_per_step // self.world.size  # this process's share of the batch
+        while len(kept_groups) < want and rounds < (cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
             need = cfg.prompts_per_step - len(kept_groups)
-            examples = self.next_examples(need)
+            examples = self.shard(self.next_examples(need))
             t0 = time.time()
-            new, scores, s_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101 + rounds,
-                                            group_offset=n_groups_seen)
+            new, scores, s_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101 + rounds
+                                            + 7_919 * self.world.rank, group_offset=n_groups_seen)
             gen_s += time.time() - t0 - s_s
             score_s += s_s
             rounds += 1
@@ -366,7 +386,7 @@ class Trainer:
         if not kept_groups:  # every group agreed in every round: nothing to learn from this step
             kept_groups = [all_scores[-1][0][g * cfg.group_size:(g + 1) * cfg.group_size]
                            for g in range(len(all_scores[-1][0]) // cfg.group_size)]
-        kept_groups = kept_groups[:cfg.prompts_per_step]
+        kept_groups = kept_groups[:want]
         samples = [s for g in kept_groups for s in g]
 
         # 2. Rewards -> advantages. A sample whose reward could not be computed (all functions None:
@@ -413,7 +433,7 @@ class Trainer:
         full_mask = torch.zeros((len(samples), t_max))
         for i, s in enumerate(samples):
             full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
-        weights = losses.token_weights(full_mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
+        weights = self.batch_weights(full_mask)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
         old_logps: dict[int, torch.Tensor] = {}
         ref_logps: dict[int, torch.Tensor] = {}
@@ -466,6 +486,7 @@ class Trainer:
                 for k in ("clipped_low", "clipped_high", "dual_clipped"):
                     stats[k] += float((clip[k] * mb.mask).sum()) / n_tok / cfg.mu
                 del logits, logp
+            self.sync_grads()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
@@ -494,7 +515,45 @@ class Trainer:
             **process_stats,
         }
         self.last_samples = samples
-        return rec
+        return self.merge_metrics(rec)
+
+    # -- data parallelism (torchrun): each process samples and trains on its share of the batch ----
+    def shard(self, examples: list[Any]) -> list[Any]:
+        """This process's share of a step's prompts (every process draws the same ones, in the same order)."""
+        return examples if self.world.size == 1 else examples[self.world.rank::self.world.size]
+
+    def batch_weights(self, full_mask):
+        """Loss weights of this process's samples, normalised by the whole batch's counts (see losses.token_weights)."""
+        from reasonlab.learn import losses
+        from reasonlab.runtime.distributed import sum_float
+
+        n_seqs = n_tokens = None
+        if self.world.size > 1:
+            n_seqs = sum_float(full_mask.shape[0], self.world)
+            n_tokens = sum_float(float(full_mask.sum()), self.world)
+        return losses.token_weights(full_mask, self.cfg.loss_agg, max_len=self.cfg.max_new_tokens,
+                                    n_seqs=n_seqs, n_tokens=n_tokens)
+
+    def sync_grads(self) -> None:
+        """Sum the gradients over processes: with batch-normalised weights, that is the whole batch's gradient."""
+        if self.world.size == 1:
+            return
+        import torch
+
+        from reasonlab.runtime.distributed import all_reduce_sum_
+
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        all_reduce_sum_([p.grad for p in self.params], self.world)
+
+    def merge_metrics(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The whole batch's metrics from every process's (on every process)."""
+        if self.world.size == 1:
+            return rec
+        from reasonlab.runtime.distributed import gather, mean_metrics
+
+        return mean_metrics(gather(rec, self.world))
 
     def step_rewards(self, samples):
         """The batch's process rewards on tokens: ``(rewards, mask, end)``, each ``(B, S)``, and metrics.
@@ -602,42 +661,67 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
 
     ``trainer_cls`` swaps the per-step algorithm (PPO passes its own); the run loop -- evaluation,
     checkpoints, the anomaly monitor, Ctrl-C -- is the same for every algorithm.
+
+    Under ``torchrun`` every process runs this loop on its share of each batch; the main process
+    (rank 0) alone writes the run directory, logs, evaluates, checkpoints and watches for anomalies,
+    and after each step tells the others whether to go on, stop or roll back.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from reasonlab.policies.hf import pick_device
     from reasonlab.runtime import MetricsLogger, RunDir, latest_checkpoint
+    from reasonlab.runtime.distributed import broadcast, close_world, in_world, init_world, launch
     from reasonlab.runtime.interrupt import StopOnCtrlC
 
+    if cfg.nproc > 1 and not in_world():
+        if model is not None or task is not None or on_step is not None:
+            raise UsageError("train(nproc > 1) starts its own processes: pass names (cfg.model, cfg.task), "
+                             "not objects or callbacks")
+        return launch(cfg.nproc, _train_process, cfg, trainer_cls)
     t_start = time.time()
-    run = RunDir(cfg.out, config=cfg, resume=cfg.resume)
+    world = init_world(pick_device(cfg.device).type)
+    main = world.main
+    error = None
+    if main:
+        try:
+            run = RunDir(cfg.out, config=cfg, resume=cfg.resume)
+        except Exception as e:  # the others must not wait for a run directory that will not come
+            error = e
+    if broadcast(None if error is None else str(error), world) is not None:
+        if error is not None:
+            raise error
+        raise SystemExit(2)
+    run_path = run.path if main else Path(cfg.out)
     tr = (trainer_cls or Trainer)(cfg, model=model, tokenizer=tokenizer, task=task)
     extra: dict[str, Any] = {"evals": {}}
-    ckpt = latest_checkpoint(run.path) if cfg.resume else None
+    ckpt = latest_checkpoint(run_path) if cfg.resume else None
     if ckpt is not None:
         extra.update(tr.restore(ckpt))
-    monitor = _make_monitor(cfg.monitor, run.path, tr.step_no if ckpt is not None else None)
+    monitor = _make_monitor(cfg.monitor, run_path, tr.step_no if ckpt is not None else None) if main else None
     if monitor is not None and ckpt is not None and "monitor" in extra:
         monitor.load_state_dict(extra["monitor"])
-    if ckpt is not None:
+    if ckpt is not None and main:
         print(f"resuming from {ckpt} (step {tr.step_no} of {cfg.max_steps})", file=sys.stderr)
     wall_before = tr.totals["wall_time_s"]
-    metrics = MetricsLogger(run, resume_step=tr.step_no)
+    metrics = MetricsLogger(run, resume_step=tr.step_no) if main else None
 
     def checkpoint() -> None:
+        if not main:
+            return
         tr.totals["wall_time_s"] = wall_before + time.time() - t_start
         state = {"evals": extra["evals"]}
         if monitor is not None:
             state["monitor"] = monitor.state_dict()
-        tr.save(run.path, state)
+        tr.save(run_path, state)
 
     def evaluate() -> None:
-        if str(tr.step_no) not in extra["evals"]:
-            acc = tr.evaluate(run.path)
+        if main and str(tr.step_no) not in extra["evals"]:
+            acc = tr.evaluate(run_path)
             extra["evals"][str(tr.step_no)] = acc
             metrics.log(tr.step_no, {"val_accuracy": acc})
 
     progress = Progress(TextColumn(f"[bold]{tr.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                        TimeRemainingColumn())
+                        TimeRemainingColumn(), disable=not main)
     bar = progress.add_task("", total=cfg.max_steps, completed=tr.step_no)
     stopped_by = None
     saved_at = tr.step_no
@@ -647,63 +731,94 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
             while tr.step_no < cfg.max_steps:
                 rec = tr.step()
                 step = tr.step_no
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    metrics.log(step, rec)
-                progress.update(bar, completed=step,
-                                description=f"reward {rec['reward_mean']:.3f} acc {rec.get('accuracy', float('nan')):.3f}")
-                if on_step is not None:
-                    on_step(step, rec, tr)
-                if monitor is not None:
-                    fired = monitor.update(step, rec, samples=_sample_dump(tr.last_samples))
-                    action = monitor.decision(fired) if fired else None
-                    for a in fired:
-                        print(f"monitor: {a.message} -> {a.action}", file=sys.stderr)
-                    if action == "stop":
-                        stopped_by = fired[0].message
-                        break
-                    if action == "rollback":
-                        from reasonlab.runtime.monitor import rollback
+                # The main process decides what happens next: ("go",), ("stop", why), ("rollback", lr factor),
+                # ("interrupt",); the others follow.
+                control: tuple = ("go",)
+                if main:
+                    if step % cfg.log_every == 0 or step == cfg.max_steps:
+                        metrics.log(step, rec)
+                    progress.update(bar, completed=step,
+                                    description=f"reward {rec['reward_mean']:.3f} acc {rec.get('accuracy', float('nan')):.3f}")
+                    if on_step is not None:
+                        on_step(step, rec, tr)
+                    if monitor is not None:
+                        fired = monitor.update(step, rec, samples=_sample_dump(tr.last_samples))
+                        action = monitor.decision(fired) if fired else None
+                        for a in fired:
+                            print(f"monitor: {a.message} -> {a.action}", file=sys.stderr)
+                        if action == "stop":
+                            control = ("stop", fired[0].message)
+                        elif action == "rollback":
+                            control = ("rollback", fired[0].message)
+                    if control[0] == "go":
+                        if cfg.eval_every and step % cfg.eval_every == 0:
+                            evaluate()
+                        if cfg.save_every and step % cfg.save_every == 0:
+                            checkpoint()
+                            saved_at = step
+                        if cfg.max_minutes and wall_before + time.time() - t_start >= cfg.max_minutes * 60:
+                            print(f"time limit of {cfg.max_minutes:g} min reached at step {step}", file=sys.stderr)
+                            control = ("limit",)
+                        elif stop.requested and step < cfg.max_steps:
+                            if saved_at != step:
+                                checkpoint()
+                            control = ("interrupt",)
+                control = broadcast(control, world)
+                if control[0] == "stop":
+                    stopped_by = control[1]
+                    break
+                if control[0] == "rollback":
+                    from reasonlab.runtime.monitor import rollback
 
-                        restored = rollback(run.path, tr.model, tr.optimizer, tr.scheduler,
-                                            monitor.config.rollback_lr_factor, before_step=step, monitor=monitor,
-                                            modules=tr.modules)
-                        if restored is None:
-                            stopped_by = f"{fired[0].message}; no checkpoint to roll back to"
-                            break
-                        tr.step_no = restored
+                    factor = monitor.config.rollback_lr_factor if main else 0.0
+                    factor = broadcast(factor, world)
+                    # The main process rolls back first (it deletes the checkpoints the anomaly touched);
+                    # then the others load the same good checkpoint.
+                    restored = rollback(run_path, tr.model, tr.optimizer, tr.scheduler, factor, before_step=step,
+                                        monitor=monitor, modules=tr.modules) if main else None
+                    restored = broadcast(restored, world)
+                    if not main and restored is not None:
+                        rollback(run_path, tr.model, tr.optimizer, tr.scheduler, factor, before_step=restored + 1,
+                                 modules=tr.modules, record=False)
+                    if restored is None:
+                        stopped_by = f"{control[1]}; no checkpoint to roll back to"
+                        break
+                    tr.step_no = restored
+                    if main:
                         print(f"monitor: rolled back to step {restored}, lr now {tr.optimizer.param_groups[0]['lr']:.3g}",
                               file=sys.stderr)
-                        continue
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    evaluate()
-                if cfg.save_every and step % cfg.save_every == 0:
-                    checkpoint()
-                    saved_at = step
-                if cfg.max_minutes and wall_before + time.time() - t_start >= cfg.max_minutes * 60:
-                    print(f"time limit of {cfg.max_minutes:g} min reached at step {step}", file=sys.stderr)
+                    continue
+                if control[0] == "limit":
                     break
-                if stop.requested and step < cfg.max_steps:
-                    if saved_at != step:
-                        checkpoint()
+                if control[0] == "interrupt":
                     raise KeyboardInterrupt
             evaluate()
             if saved_at != tr.step_no:
                 checkpoint()
     except KeyboardInterrupt:
-        run.write_json("summary.json", _summary(cfg, tr, extra, interrupted=True))
+        if main:
+            run.write_json("summary.json", _summary(cfg, tr, extra, interrupted=True))
         raise
     finally:
-        metrics.close()
-        _plot(run.path)
+        if main:
+            metrics.close()
+            _plot(run_path)
         tr.close()
-    if cfg.save_final and stopped_by is None:
-        final = run / "final"
-        out_model = tr.model.merge_and_unload() if cfg.lora else tr.model
-        out_model.save_pretrained(str(final))
-        tr.tokenizer.save_pretrained(str(final))
     summary = _summary(cfg, tr, extra, stopped_by=stopped_by)
-    run.write_json("summary.json", summary)
+    if main:
+        if cfg.save_final and stopped_by is None:
+            final = run / "final"
+            out_model = tr.model.merge_and_unload() if cfg.lora else tr.model
+            out_model.save_pretrained(str(final))
+            tr.tokenizer.save_pretrained(str(final))
+        run.write_json("summary.json", summary)
+    close_world(world)
     return summary
+
+
+def _train_process(cfg: GRPOConfig, trainer_cls: type | None) -> dict[str, Any]:
+    """One process of a ``nproc`` run (started by ``runtime.distributed.launch``)."""
+    return train(cfg, trainer_cls=trainer_cls)
 
 
 def _sample_dump(samples) -> list[dict[str, Any]]:

@@ -241,11 +241,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 # Loss aggregation: per-token weights for a whole optimizer batch
 # ----------------------------------------------------------------------------------------------
 
-def token_weights(mask: torch.Tensor, how: str = "token_mean", max_len: int | None = None) -> torch.Tensor:
+def token_weights(mask: torch.Tensor, how: str = "token_mean", max_len: int | None = None,
+                  n_seqs: float | None = None, n_tokens: float | None = None) -> torch.Tensor:
     """Weights ``w: (B, T)`` such that the batch loss is ``sum(w * loss_t)``. ``mask: (B, T)``.
 
     Computed once for the whole optimizer batch, so that splitting it into micro-batches (gradient
-    accumulation) gives exactly the same update as one big batch.
+    accumulation) gives exactly the same update as one big batch. When ``mask`` is one process's
+    share of a data-parallel batch, ``n_seqs`` / ``n_tokens`` are the whole batch's sequence and
+    token counts (default: this share's), so the processes' summed gradients are the batch's.
 
     - ``token_mean``: every token of the batch weighs the same, ``1 / sum(mask)`` (DAPO; long
       answers are not down-weighted per token).
@@ -254,9 +257,9 @@ def token_weights(mask: torch.Tensor, how: str = "token_mean", max_len: int | No
     - ``seq_mean_token_sum_norm``: token sums divided by a constant ``B * max_len`` (Dr.GRPO: removes
       the length bias without making the weight depend on the batch's lengths).
     """
-    b = mask.shape[0]
+    b = mask.shape[0] if n_seqs is None else n_seqs
     if how == "token_mean":
-        return mask / mask.sum().clamp(min=1)
+        return mask / (mask.sum() if n_tokens is None else torch.tensor(float(n_tokens))).clamp(min=1)
     if how == "seq_mean_token_mean":
         return mask / (mask.sum(dim=1, keepdim=True).clamp(min=1) * b)
     if how == "seq_mean_token_sum_norm":

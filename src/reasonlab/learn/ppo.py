@@ -134,11 +134,13 @@ class PPOTrainer(Trainer):
 
         from reasonlab.learn import losses
         from reasonlab.learn.rollout import make_microbatches, sample_metrics, token_logps
+        from reasonlab.runtime.distributed import sum_float
 
         cfg = self.cfg
         t_start = time.time()
-        examples = self.next_examples(cfg.prompts_per_step)
-        samples, scores, score_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101)
+        examples = self.shard(self.next_examples(cfg.prompts_per_step))
+        samples, scores, score_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101
+                                                + 7_919 * self.world.rank)
         gen_s = time.time() - t_start - score_s
         for s in samples:  # a reward that could not be computed teaches nothing: 0 and excluded from the loss
             if math.isnan(s.reward):
@@ -180,7 +182,7 @@ class PPOTrainer(Trainer):
                         if step_r is not None:
                             token_r[r].index_add_(0, step_r[1][i].to(token_r.device), step_r[0][i].to(token_r.device))
                 adv_t[m], ret_t[m] = losses.gae(token_r, old_values[m], mb.mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
+        if cfg.whiten_advantages:  # over this process's tokens (with torchrun: its share of the batch)
             allv = torch.cat([adv_t[m][mb.mask.to(self.device) > 0] for m, mb in enumerate(mbs)])
             mean, std = allv.mean(), allv.std(unbiased=False) + 1e-6
             for m in adv_t:
@@ -192,7 +194,7 @@ class PPOTrainer(Trainer):
         full_mask = torch.zeros((len(samples), t_max))
         for i, s in enumerate(samples):
             full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
-        weights = losses.token_weights(full_mask, cfg.loss_agg, max_len=cfg.max_new_tokens)
+        weights = self.batch_weights(full_mask)
         stats = {k: 0.0 for k in ("loss", "policy_loss", "value_loss", "entropy", "clipped_low", "clipped_high")}
         n_tok = float(sum(len(s.completion_ids) for s in samples)) or 1.0
         for it in range(cfg.mu):
@@ -216,12 +218,15 @@ class PPOTrainer(Trainer):
                 stats["entropy"] += float((ent * mb.mask).sum()) / n_tok / cfg.mu
                 for k in ("clipped_low", "clipped_high"):
                     stats[k] += float((clip[k] * mb.mask).sum()) / n_tok / cfg.mu
+            self.sync_grads()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        kl_mean = sum(kls) / len(kls) if kls else 0.0
+        # Over all processes: the adaptive beta must stay the same in each.
+        n_kl = sum_float(len(kls), self.world)
+        kl_mean = sum_float(sum(kls), self.world) / n_kl if n_kl else 0.0
         if self.kl_ctl is not None:
             self.kl_ctl.update(kl_mean, len(samples))
         self.step_no += 1
@@ -243,7 +248,7 @@ class PPOTrainer(Trainer):
             **process_stats,
         }
         self.last_samples = samples
-        return rec
+        return self.merge_metrics(rec)
 
     def save(self, run_dir, extra):
         if self.kl_ctl is not None:

@@ -11,6 +11,7 @@
   blow-up, length explosion/collapse, NaN, exploding gradients) and :func:`rollback`.
 - :func:`plot_metrics` / :func:`plot_runs` (``runtime.plots``) — learning curves as PNG.
 - :class:`StopOnCtrlC` (``runtime.interrupt``) — Ctrl-C finishes the step and saves.
+- :class:`World` / :func:`init_world` (``runtime.distributed``) — data-parallel runs under ``torchrun``.
 
 Names are imported on first use, so that a run directory can be used without importing torch.
 """
@@ -34,6 +35,8 @@ _WHERE = {
     "last_good_checkpoint": "reasonlab.runtime.monitor",
     "plot_metrics": "reasonlab.runtime.plots",
     "plot_runs": "reasonlab.runtime.plots",
+    "World": "reasonlab.runtime.distributed",
+    "init_world": "reasonlab.runtime.distributed",
 }
 
 __all__ = list(_WHERE)

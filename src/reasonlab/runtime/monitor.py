@@ -459,7 +459,7 @@ def last_good_checkpoint(run_dir: str | Path, before_step: int | None = None) ->
 
 def rollback(run_dir: RunDir | str | Path, model: Any, optimizer: Any = None, scheduler: Any = None,
              lr_factor: float = 0.5, *, before_step: int | None = None, monitor: Monitor | None = None,
-             modules: dict[str, Any] | None = None) -> int | None:
+             modules: dict[str, Any] | None = None, record: bool = True) -> int | None:
     """Restore the last good checkpoint and lower the learning rate; return the restored step.
 
     The last good checkpoint is the newest complete one saved before ``before_step`` (the step of
@@ -473,6 +473,7 @@ def rollback(run_dir: RunDir | str | Path, model: Any, optimizer: Any = None, sc
     state, so later checkpoints keep them. ``monitor`` (optional) is rewound to the restored step.
     The rollback is recorded in ``<run>/anomalies.jsonl``. ``modules`` are further trained modules
     saved with the checkpoint (``save_checkpoint(modules=...)``, e.g. a PPO value head).
+    ``record=False`` skips the record (the other processes of a data-parallel run follow the main one).
 
     Returns None, changing nothing, when no checkpoint was saved before ``before_step``: there is
     nothing good to go back to, and the caller should stop the run instead.
@@ -508,8 +509,10 @@ def rollback(run_dir: RunDir | str | Path, model: Any, optimizer: Any = None, sc
     lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer is not None else []
     log.warning("rolled back to step %d (%s); learning rate x%g -> %s", step, good, lr_factor,
                 ", ".join(f"{lr:.3g}" for lr in lrs) or "n/a")
-    run.append_jsonl(ANOMALIES_FILE, {"event": "rollback", "step": before_step if before_step is not None else step,
-                                      "restored_step": step, "checkpoint": str(good), "lr_factor": lr_factor, "lr": lrs})
+    if record:
+        run.append_jsonl(ANOMALIES_FILE, {"event": "rollback", "step": before_step if before_step is not None else step,
+                                          "restored_step": step, "checkpoint": str(good), "lr_factor": lr_factor,
+                                          "lr": lrs})
     return step
 
 
