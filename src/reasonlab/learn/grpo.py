@@ -149,7 +149,8 @@ class GRPOConfig:
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     nproc: int = 1
     """Data-parallel processes on this machine (CPU cores or GPUs): each samples and trains on its share of every
-    batch, gradients summed (the same update as one process). Or launch with torchrun, which sets the world."""
+    batch, gradients summed: the update of one process with the whole batch, except that batch-normalised
+    advantages (grpo_batch_std, reinforce_pp, PPO's whitening) use each process's share. Or launch with torchrun."""
     dtype: str = "auto"
     """Compute dtype (autocast): auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16."""
     eval_every: int = 0
