@@ -45,9 +45,11 @@ def mean_sampled_reward(trainer: Trainer, examples, seed: int = 123, n: int = 16
     return sum(r.correct for r in res) / len(res)
 
 
-def test_grpo_raises_reward_on_its_training_prompts(tmp_path):
+@pytest.mark.parametrize("process", ["", "steps"])
+def test_grpo_raises_reward_on_its_training_prompts(tmp_path, process):
+    # Outcome rewards alone, and with process supervision from arith's step checker.
     task = small_task()
-    cfg = base_cfg(tmp_path, max_steps=12, prompts_per_step=16, lr=2e-4, save_every=0)
+    cfg = base_cfg(tmp_path, max_steps=12, prompts_per_step=16, lr=2e-4, save_every=0, process_rewards=process)
     tr = Trainer(cfg, task=task)
     before = mean_sampled_reward(tr, tr.train_examples)
     recs = [tr.step() for _ in range(cfg.max_steps)]
