@@ -46,17 +46,58 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
     ``fn`` must be importable (a module-level function) and ``args`` picklable. Each process gets an
     equal share of the CPU cores as torch threads unless ``OMP_NUM_THREADS`` says otherwise. A failing
     process fails the whole launch with its error.
-    """
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"reasonlab-{os.getpid()}",
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn")
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-    results = elastic_launch(config, _run_with_threads)(int(threads), fn, *args)
+    The elastic agent (torch's, the one torchrun runs) lives in a launcher process of its own: its
+    rendezvous store keeps native threads that can abort the interpreter that started it at exit, so
+    the caller (a CLI, a notebook, a test session) never hosts it.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    launcher = ctx.Process(target=_launcher, args=(send, nproc, fn, args), name="reasonlab-launcher")
+    launcher.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        launcher.join()
+        raise RuntimeError(f"the launcher of {nproc} processes died (exit code {launcher.exitcode})") from None
+    finally:
+        receive.close()
+    launcher.join()
+    if outcome[0] == "error":
+        raise outcome[1]
+    results = outcome[1]
     for rank in sorted(results):  # the first process's error first: the others usually fail because it did
         if results[rank][0] == "error":
             raise results[rank][1]
     return results[0][1]
+
+
+def _launcher(send: Any, nproc: int, fn: Callable[..., Any], args: tuple) -> None:
+    """The launcher process: runs torch's elastic agent and sends back every process's outcome."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    try:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"reasonlab-{os.getpid()}",
+                              rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
+                              start_method="spawn")
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+        send.send(("ok", elastic_launch(config, _run_with_threads)(int(threads), fn, *args)))
+    except Exception as e:  # noqa: BLE001 - handed to the caller
+        send.send(("error", _portable(e)))
+    finally:
+        send.close()
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if it can be pickled to another process, else a RuntimeError that says what it was."""
+    try:
+        pickle.dumps(e)
+        return e
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def _run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> tuple:
@@ -74,11 +115,7 @@ def _run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> tuple
 
         if not isinstance(e, ReasonlabError):  # a usage error is one line, printed by the launcher's caller
             print(traceback.format_exc(), file=sys.stderr)
-        try:
-            pickle.dumps(e)
-        except Exception:  # noqa: BLE001 - an exception that cannot travel is summarised
-            e = RuntimeError(f"{type(e).__name__}: {e}")
-        return ("error", e)
+        return ("error", _portable(e))
 
 
 def init_world(device_type: str = "cpu") -> World:
