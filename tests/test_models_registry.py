@@ -185,3 +185,15 @@ def test_smollm2_hf_checkpoint_matches_the_gguf():
     # (measured: mean 0.03, max 0.19 nats).
     diff = np.abs(hf_tok_logp - np.array(c.logprobs))
     assert diff.mean() < 0.1 and diff.max() < 0.5
+
+
+def test_hf_policy_never_goes_to_the_hub():
+    # A built-in name passed to the low-level class, and a hub id that is not cached: one clear error at
+    # once (local files only), never a download or the hub client's retries.
+    from reasonlab.errors import UsageError
+    from reasonlab.policies.hf import HFPolicy
+
+    with pytest.raises(UsageError, match="built-in model name"):
+        HFPolicy("tiny")
+    with pytest.raises(UsageError, match="cannot load"):
+        HFPolicy("nobody-here/no-such-model")

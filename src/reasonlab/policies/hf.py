@@ -179,9 +179,15 @@ class HFPolicy(Policy):
         self.prefill_rows = prefill_rows or (8 if self.device.type == "cpu" else max_batch_size)
         if threads:
             torch.set_num_threads(threads)
+        if model is None and self.path in ("tiny", "smollm2") and not Path(self.path).exists():
+            raise UsageError(f"{self.path!r} is a built-in model name, not a checkpoint path: use "
+                             f"reasonlab.policies.load_policy({self.path!r}, backend='hf')")
         try:
-            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path)
-            self.model = model or AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+            # Local files only: a directory, or a hub id already in the cache. Nothing is downloaded at run
+            # time, and a name that is neither fails at once instead of after the hub client's retries.
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            self.model = model or AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype,
+                                                                       local_files_only=True)
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load a transformers model from {self.path!r}: {str(e).splitlines()[0]}") from e
         self.model.to(self.device)
