@@ -116,6 +116,12 @@ class RewardError(ReasonlabError):
     """A reward function raised; the message names it."""
 
 
+def failure_message(what: str, e: BaseException) -> str:
+    """One line naming a failed reward function (``what``), the error and where it was raised."""
+    where = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{what} failed: {type(e).__name__}: {e} ({where.filename}:{where.lineno})"
+
+
 @dataclass
 class RewardSet:
     """Weighted reward functions: ``total_i = sum_f w_f * f_i`` over the functions that scored sample i."""
@@ -152,8 +158,7 @@ class RewardSet:
                     if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
                         raise ValueError(f"returned {v!r}; rewards must be finite numbers or None")
             except Exception as e:  # noqa: BLE001 - a user function may raise anything; we name it
-                where = traceback.extract_tb(e.__traceback__)[-1]
-                msg = f"reward function {name!r} failed: {type(e).__name__}: {e} ({where.filename}:{where.lineno})"
+                msg = failure_message(f"reward function {name!r}", e)
                 if self.on_error == "raise":
                     raise RewardError(msg) from e
                 errors[name] = msg

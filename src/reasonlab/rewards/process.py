@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -82,7 +81,7 @@ class ProcessReward:
     def score(self, prompts: Sequence[Any], completions: Sequence[str], examples: Sequence[Any]):
         """Per completion: ``(spans, rewards)``, one reward (or None) per step span. Raises
         :class:`~reasonlab.rewards.functions.RewardError` naming the function when it fails."""
-        from reasonlab.rewards.functions import RewardError
+        from reasonlab.rewards.functions import RewardError, failure_message
 
         columns = {"example": list(examples), "answer": [getattr(e, "answer", None) for e in examples]}
         spans = [step_spans(c, self.separator) for c in completions]
@@ -101,9 +100,7 @@ class ProcessReward:
                 out.append((sp, [None if x is None else float(x) for x in v]))
             return out
         except Exception as e:  # noqa: BLE001 - a user function may raise anything; we name it
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            raise RewardError(f"step reward function {self.name!r} failed: {type(e).__name__}: {e} "
-                              f"({where.filename}:{where.lineno})") from e
+            raise RewardError(failure_message(f"step reward function {self.name!r}", e)) from e
 
 
 def build_process_reward(spec: str, task: Any) -> ProcessReward:
