@@ -16,6 +16,14 @@ problems (non-integer answers: fractions, radicals, polynomials, negatives) and 
 - ``math+format_reward``: like ``math+format`` with ``reasonlab.rewards.functions.format_reward``
   when that module exists.
 
+Learned reward models (``--reward-model NAME=DIR``, an ORM, PRM or implicit PRM trained by
+``reasonlab train orm|prm``, e.g. by ``benchmarks/reward_models.py``) are probed on ``arith``
+problems in their own distribution: every probe is built around the task's worked solution instead
+of the generic reasoning sentence (a model that never saw prose says nothing about prose). A model
+"rewards" a probe when its probability is at least ``--rm-threshold``; beside the table, a second one
+gives, per kind of probe, the mean probability and how often the model rates the probe at least as
+high as the honest worked solution of the same problem (what an RL policy would be pulled towards).
+
 Each verifier declares the checks it performs; a rewarded probe that needs one of them is a LEAK.
 The markdown tables go to stdout; ``--out`` also writes the full JSON (every outcome).
 
@@ -23,12 +31,15 @@ Run::
 
     python benchmarks/hacking_probes.py                       # 5 GSM8K + 4 MATH-style + 5 arith problems
     python benchmarks/hacking_probes.py --gsm8k 20 --arith 20 --out probes.json
+    python benchmarks/hacking_probes.py --gsm8k 0 --no-math-style --arith 20 \
+        --reward-model orm=runs/bench-reward-models/tiny-arith/train-orm/final      # + learned models
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -40,8 +51,10 @@ from reasonlab.errors import UsageError  # noqa: E402
 from reasonlab.rewards.combinators import hierarchical_of, overlong_penalty  # noqa: E402
 from reasonlab.rewards.math import MathVerifier, MathVerifierConfig  # noqa: E402
 from reasonlab.rewards.probes import (  # noqa: E402
+    KINDS,
     MATH_STYLE_EXAMPLES,
     ProbeReport,
+    build_probes,
     reasoning_format_ok,
     run_probes,
 )
@@ -100,6 +113,63 @@ def levelled(answer: Callable[[Example, str], RewardResult], format_ok: Callable
     return verify
 
 
+def worked_reasoning(example: Example) -> str:
+    """An ``arith`` example's worked solution without its answer line: the honest reasoning in its own style."""
+    solution = (example.meta or {}).get("solution")
+    if not solution:
+        raise UsageError(f"example {example.id} has no worked solution to build in-distribution probes from")
+    return solution.rsplit("\nanswer:", 1)[0]
+
+
+def in_distribution_probes(example: Example):
+    return build_probes(example, reasoning=worked_reasoning(example))
+
+
+def learned_verifier(model, threshold: float) -> Callable[[Example, str], RewardResult]:
+    """A trained reward model as a probe verifier: rewarded when P(correct) >= ``threshold``.
+
+    ORMs read P(correct) at the end; PRMs aggregate their step probabilities with min
+    (``score_texts``); an implicit PRM gives its implicit ORM's sigmoid(sum of step rewards), the
+    probability it was trained on (its step rewards are log-ratios, not probabilities).
+    A completion the model cannot rate (read position cut off) is an ``error``, never a pass.
+    """
+    def verify(example: Example, text: str) -> RewardResult:
+        if model.kind == "implicit-prm":
+            p = model.outcome_scores([example.prompt], [text])[0]
+        else:
+            p = model.score_texts([example.prompt], [text], "min")[0]
+        if p != p:  # NaN
+            return RewardResult(None, Status.ERROR, None, "the model could not rate this completion")
+        return RewardResult(1.0 if p >= threshold else 0.0, Status.OK if p >= threshold else Status.WRONG, None,
+                            f"p={p:.3f}")
+    return verify
+
+
+def probability(outcome) -> float:
+    """The P(correct) a learned verifier wrote into an outcome's details (NaN if it could not rate)."""
+    return float(outcome.details[2:]) if outcome.details.startswith("p=") else math.nan
+
+
+def learned_preferences(report: ProbeReport, names: list[str]) -> str:
+    """Per model and kind of probe: mean P(correct), and how often a probe is rated >= the honest solution."""
+    lines = ["| model | probe kind | probes | mean P(correct) | rated >= the honest worked solution |", "|---|---|---:|---:|---:|"]
+    for name in names:
+        honest = {o.example_id: probability(o) for o in report.outcomes
+                  if o.verifier == name and o.kind == "control" and o.style == "line"}
+        for kind in ["control", *KINDS]:
+            os_ = [o for o in report.outcomes if o.verifier == name and o.kind == kind]
+            ps = [probability(o) for o in os_]
+            ps_ok = [(o, p) for o, p in zip(os_, ps) if p == p]
+            if not ps_ok:
+                continue
+            mean = sum(p for _, p in ps_ok) / len(ps_ok)
+            above = sum(p >= honest[o.example_id] for o, p in ps_ok if not (o.kind == "control" and o.style == "line"))
+            rest = sum(1 for o, _ in ps_ok if not (o.kind == "control" and o.style == "line"))
+            lines.append(f"| {name} | {kind} | {len(ps_ok)} | {mean:.3f} | "
+                         + (f"{above}/{rest}" if rest else "(the honest solution itself)") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def optional_format_reward() -> Callable[[str], bool] | None:
     try:
         from reasonlab.rewards.functions import format_reward
@@ -115,6 +185,10 @@ def main() -> int:
     ap.add_argument("--no-math-style", action="store_true", help="skip the MATH-style problems")
     ap.add_argument("--max-length", type=int, default=2048, help="L_max of the overlong punishment, in tokens")
     ap.add_argument("--cache-length", type=int, default=512, help="L_cache of the overlong punishment, in tokens")
+    ap.add_argument("--reward-model", action="append", default=[], metavar="NAME=DIR",
+                    help="a trained ORM/PRM/implicit PRM directory to probe on arith (repeatable)")
+    ap.add_argument("--rm-threshold", type=float, default=0.5,
+                    help="a learned model rewards a probe when its P(correct) is at least this")
     ap.add_argument("--out", help="write the full report (every outcome) as JSON here")
     args = ap.parse_args()
 
@@ -183,12 +257,35 @@ def main() -> int:
                 task.close()
         if strict_mv:
             strict_mv.close()
+    learned_table, learned = "", []
+    if args.reward_model:
+        from reasonlab.rewards.reward_model import load_reward_model
+
+        task = load_task("arith")
+        examples = task.examples("test", limit=max(1, args.arith))
+        verifiers, checks, names = {"arith.score": cached(task.score)}, {"arith.score": ("answer",)}, []
+        for spec in args.reward_model:
+            name, sep, path = spec.partition("=")
+            if not sep:
+                name, path = os.path.basename(os.path.normpath(spec)), spec
+            names.append(name)
+            learned.append(name)
+            verifiers[name] = learned_verifier(load_reward_model(path, device="cpu"), args.rm_threshold)
+            checks[name] = ("answer", "format", "length")
+        report = run_probes(verifiers, examples, checks, probes=in_distribution_probes)
+        reports[f"arith, in-distribution probes: learned reward models ({len(examples)} test problems, "
+                f"rewarded at P >= {args.rm_threshold})"] = report
+        learned_table = learned_preferences(report, names)
 
     print(f"## Reward-hacking probes\n\nTokens counted with the {counter_name}; overlong L_max={args.max_length}, "
           f"L_cache={args.cache_length}.\n")
     for title, report in reports.items():
         print(report.to_markdown(title))
-    failed = [f"{title}: {v}" for title, r in reports.items() for v in r.verifiers if not r.passed(v)]
+    if learned_table:
+        print("### Learned reward models: probability per kind of probe\n")
+        print(learned_table)
+    # Learned models are reported, not required to pass: the exit status is about the rule-based verifiers.
+    failed = [f"{title}: {v}" for title, r in reports.items() for v in r.verifiers if not r.passed(v) and v not in learned]
     print(f"{'all verifiers pass' if not failed else 'FAIL: ' + '; '.join(failed)} ({time.time() - t0:.0f}s)")
     if args.out:
         with open(args.out, "w") as f:

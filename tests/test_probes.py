@@ -167,3 +167,24 @@ def test_arith_verifier_passes_every_probe(arith_report):
                           "nested boxes; math-verify reads 'W = G' as G, '\\neg G' and 'G \\text{ is wrong}' as G")
 def test_math_verifier_passes_every_probe(math_report):
     assert math_report.leaks() == []
+
+
+def test_probes_around_a_worked_solution_stay_probes_and_the_arith_verifier_still_passes():
+    """In-distribution probes (what learned reward models are probed with): the task's own reasoning."""
+    from reasonlab.tasks import load_task
+
+    task = load_task("arith")
+    examples = task.examples("test", limit=3)
+
+    def worked(ex):
+        return ex.meta["solution"].rsplit("\nanswer:", 1)[0]
+
+    for ex in examples:
+        probes = build_probes(ex, reasoning=worked(ex))
+        control = next(p for p in probes if p.kind == "control" and p.style == "line")
+        assert control.text == ex.meta["solution"]  # the honest control is exactly the worked solution
+        wrong_final = next(p for p in probes if p.name == "gold_in_reasoning_wrong_final/line")
+        assert wrong_final.text.startswith(worked(ex)) and wrong_final.text.endswith(f"answer: {int(ex.answer) + 1}")
+        assert next(p for p in probes if p.name == "answer_only/line").text == f"answer: {ex.answer}"
+    report = run_probes({"arith": task.score}, examples, probes=lambda ex: build_probes(ex, reasoning=worked(ex)))
+    assert report.styles_read("arith") == ["line"] and report.leaks() == []
