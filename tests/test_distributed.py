@@ -2,12 +2,18 @@
 
 - the helpers: in-place gradient sums, metric merging, batch-normalised loss weights;
 - a two-process GRPO run keeps the processes' weights identical (the gradients are summed before each
-  optimizer step), writes one run directory and returns the main process's summary, and resumes.
+  optimizer step), writes one run directory and returns the main process's summary, and resumes;
+- killing the caller ends its launcher and workers (no orphans holding the cores).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -93,3 +99,60 @@ def test_bad_settings_are_one_clear_error(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match="no_such_task"):
         train(small_cfg(tmp_path, task="no_such_task", task_options=""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux-only")
+def test_killing_the_caller_ends_the_launched_processes(tmp_path):
+    """kill -9 of a `--nproc 2` run must not leave its launcher and workers running on as orphans."""
+    (tmp_path / "orphan_helper.py").write_text(textwrap.dedent('''
+        import os, pathlib, time
+
+        def sleeper(folder):
+            pathlib.Path(folder, f"{os.getpid()}.pid").write_text(str(os.getppid()))
+            time.sleep(120)
+    '''))
+    (tmp_path / "caller.py").write_text(textwrap.dedent(f'''
+        import orphan_helper
+        from reasonlab.runtime.distributed import launch
+
+        if __name__ == "__main__":
+            launch(2, orphan_helper.sleeper, {str(tmp_path)!r})
+    '''))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    caller = subprocess.Popen([sys.executable, str(tmp_path / "caller.py")], env=env)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline and caller.poll() is None:
+            time.sleep(0.2)
+        pid_files = list(tmp_path.glob("*.pid"))
+        assert len(pid_files) == 2, "the two processes did not start"
+        workers = [int(p.stem) for p in pid_files]
+        launcher = int(pid_files[0].read_text())
+        assert all(_alive(pid) for pid in workers + [launcher])
+        caller.kill()
+        caller.wait()
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in workers + [launcher]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers + [launcher]), "orphans left running"
+    finally:
+        caller.kill()
+        for p in tmp_path.glob("*.pid"):  # never leave a failed check's orphans behind
+            for pid in (int(p.stem), int(p.read_text())):
+                try:
+                    os.kill(pid, 9)
+                except (ProcessLookupError, PermissionError):
+                    pass

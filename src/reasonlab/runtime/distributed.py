@@ -55,7 +55,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
 
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    launcher = ctx.Process(target=_launcher, args=(send, nproc, fn, args), name="reasonlab-launcher")
+    launcher = ctx.Process(target=_launcher, args=(send, os.getpid(), nproc, fn, args), name="reasonlab-launcher")
     launcher.start()
     send.close()
     try:
@@ -75,8 +75,29 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
     return results[0][1]
 
 
-def _launcher(send: Any, nproc: int, fn: Callable[..., Any], args: tuple) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """End this process (SIGTERM) when its parent dies, on Linux; elsewhere a no-op.
+
+    A killed ``reasonlab train --nproc 2`` (``kill``, an OOM kill, a closed terminal) must not leave its
+    launcher and workers training on as orphans, holding the cores. ``PR_SET_PDEATHSIG`` asks the
+    kernel for the signal; the parent id is checked afterwards in case it died before the request.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _launcher(send: Any, parent_pid: int, nproc: int, fn: Callable[..., Any], args: tuple) -> None:
     """The launcher process: runs torch's elastic agent and sends back every process's outcome."""
+    die_with_parent(parent_pid)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     try:
@@ -84,7 +105,7 @@ def _launcher(send: Any, nproc: int, fn: Callable[..., Any], args: tuple) -> Non
                               rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
                               start_method="spawn")
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-        send.send(("ok", elastic_launch(config, _run_with_threads)(int(threads), fn, *args)))
+        send.send(("ok", elastic_launch(config, _run_with_threads)(int(threads), os.getpid(), fn, *args)))
     except Exception as e:  # noqa: BLE001 - handed to the caller
         send.send(("error", _portable(e)))
     finally:
@@ -100,9 +121,10 @@ def _portable(e: BaseException) -> BaseException:
         return RuntimeError(f"{type(e).__name__}: {e}")
 
 
-def _run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> tuple:
+def _run_with_threads(threads: int, launcher_pid: int, fn: Callable[..., Any], *args: Any) -> tuple:
     """A launched process: ``("ok", result)``, or ``("error", exception)`` handed back to the launcher, so a
     usage error in a process is the same one clear message as in a single-process run."""
+    die_with_parent(launcher_pid)
     import torch
 
     torch.set_num_threads(threads)
