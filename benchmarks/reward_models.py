@@ -63,7 +63,7 @@ def settings(args) -> dict:
         if args.quick:
             s.update(train_problems=8, samples=2, k=2, test_problems=4, label_test=1, steps=4, search_problems=2,
                      max_new_tokens=256, max_n=4)
-    for key in ("train_problems", "test_problems", "steps", "k", "samples", "max_n"):
+    for key in ("train_problems", "test_problems", "steps", "k", "samples", "max_n", "batch_size"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     return s
@@ -104,6 +104,8 @@ def train_models(rows: list[dict], s: dict, args, workdir: Path) -> dict:
                 out=d, objective="implicit", beta=0.05, separator=s["separator"].encode("unicode_escape").decode(),
                 **common), outcome_rows))]
     for name, run in jobs:
+        if name not in args.models:
+            continue
         d = workdir / f"train-{name}"
         shutil.rmtree(d, ignore_errors=True)
         t0 = time.time()
@@ -125,16 +127,21 @@ def step_auroc(models: dict, rows: list[dict]) -> dict:
         xs = [x for s in per_step for x in s]
         return auroc([xs[i] for i in keep], [labels[i] for i in keep])
 
-    prm, imp, orm = models["prm"], models["implicit"], models["orm"]
-    sep = prm.separator
-    # The ORM read on each prefix (as if the solution ended there): the baseline a PRM must beat.
-    prefixes = [(p, sep.join(st[:j + 1])) for p, st in zip(prompts, steps) for j in range(len(st))]
-    orm_prefix = orm.score_outcomes([p for p, _ in prefixes], [t for _, t in prefixes])
-    out = {"prm": flat(prm.score_steps(prompts, steps)), "implicit-prm (step reward)": flat(imp.score_steps(prompts, steps)),
-           "orm (on each prefix)": auroc([orm_prefix[i] for i in keep], [labels[i] for i in keep])}
-    imp.mode = "value"
-    out["implicit-prm (value)"] = flat(imp.score_steps(prompts, steps))
-    imp.mode = "step"
+    prm, imp, orm = models.get("prm"), models.get("implicit"), models.get("orm")
+    out = {}
+    if prm is not None:
+        out["prm"] = flat(prm.score_steps(prompts, steps))
+    if imp is not None:
+        out["implicit-prm (step reward)"] = flat(imp.score_steps(prompts, steps))
+        imp.mode = "value"
+        out["implicit-prm (value)"] = flat(imp.score_steps(prompts, steps))
+        imp.mode = "step"
+    if orm is not None:
+        # The ORM read on each prefix (as if the solution ended there): the baseline a PRM must beat.
+        sep = rows[0]["separator"] if rows else "\n"
+        prefixes = [(p, sep.join(st[:j + 1])) for p, st in zip(prompts, steps) for j in range(len(st))]
+        orm_prefix = orm.score_outcomes([p for p, _ in prefixes], [t for _, t in prefixes])
+        out["orm (on each prefix)"] = auroc([orm_prefix[i] for i in keep], [labels[i] for i in keep])
     return {**out, "labelled_steps": len(keep), "positive_fraction": sum(labels[i] for i in keep) / max(1, len(keep)),
             "solutions": len(rows)}
 
@@ -143,15 +150,21 @@ def score_samples(models: dict, samples: list[dict]) -> dict[str, list[float]]:
     """Every selection signal for every sample (flat list, problem-major)."""
     prompts = [x["prompt"] for x in samples]
     texts = [x["text"] for x in samples]
-    prm, imp, orm = models["prm"], models["implicit"], models["orm"]
+    prm, imp, orm = models.get("prm"), models.get("implicit"), models.get("orm")
     from reasonlab.rewards.reward_model import split_solution
 
-    per_step = prm.score_steps(prompts, [split_solution(t, prm.separator) for t in texts])
-    imp_steps = imp.score_steps(prompts, [split_solution(t, imp.separator) for t in texts])
-    return {"orm": orm.score_outcomes(prompts, texts), "prm-min": [min(s) for s in per_step],
-            "prm-last": [s[-1] for s in per_step], "implicit-prm-min": [min(s) for s in imp_steps],
-            # The step rewards add up to the implicit ORM's logit r(y), so this is its outcome score.
-            "implicit-orm": [1 / (1 + math.exp(-sum(s))) for s in imp_steps]}
+    out = {}
+    if orm is not None:
+        out["orm"] = orm.score_outcomes(prompts, texts)
+    if prm is not None:
+        per_step = prm.score_steps(prompts, [split_solution(t, prm.separator) for t in texts])
+        out.update({"prm-min": [min(s) for s in per_step], "prm-last": [s[-1] for s in per_step]})
+    if imp is not None:
+        imp_steps = imp.score_steps(prompts, [split_solution(t, imp.separator) for t in texts])
+        out.update({"implicit-prm-min": [min(s) for s in imp_steps],
+                    # The step rewards add up to the implicit ORM's logit r(y), so this is its outcome score.
+                    "implicit-orm": [1 / (1 + math.exp(-sum(s))) for s in imp_steps]})
+    return out
 
 
 def best_of_n(samples: list[dict], scores: dict[str, list[float]], per_problem: int) -> dict[str, dict[int, float]]:
@@ -159,7 +172,7 @@ def best_of_n(samples: list[dict], scores: dict[str, list[float]], per_problem: 
     from reasonlab.search.base import argmax, weighted_vote
 
     n_problems = len(samples) // per_problem
-    methods = ["oracle", "majority", "single sample", "confidence", *scores, "prm-min vote"]
+    methods = ["oracle", "majority", "single sample", "confidence", *scores] + (["prm-min vote"] if "prm-min" in scores else [])
     acc = {m: {} for m in methods}
     for n in NS:
         if n > per_problem:
@@ -181,8 +194,9 @@ def best_of_n(samples: list[dict], scores: dict[str, list[float]], per_problem: 
                 hits["majority"] += winner is not None and any(c for k, c in zip(keys, correct) if k == winner)
                 for m, vals in scores.items():
                     hits[m] += correct[argmax([vals[i] for i in idx])]
-                winner, _ = weighted_vote(keys, [scores["prm-min"][i] for i in idx])
-                hits["prm-min vote"] += winner is not None and any(c for k, c in zip(keys, correct) if k == winner)
+                if "prm-min" in scores:
+                    winner, _ = weighted_vote(keys, [scores["prm-min"][i] for i in idx])
+                    hits["prm-min vote"] += winner is not None and any(c for k, c in zip(keys, correct) if k == winner)
         for m in methods:
             acc[m][n] = hits[m] / groups
     return acc
@@ -238,6 +252,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="policy and reward-model backbone (tiny, smollm2, a checkpoint)")
     ap.add_argument("--task", default="arith", help="task spec, e.g. arith or rg:basic_arithmetic")
+    ap.add_argument("--task-options", default="", help="task options as YAML (default: the eval harness's, for its default task)")
     ap.add_argument("--quick", action="store_true", help="a 1-3 minute smoke run")
     ap.add_argument("--search", action="store_true", help="also compare PRM-guided REBASE / beam with self-consistency")
     ap.add_argument("--train-problems", type=int, default=None)
@@ -246,11 +261,20 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=None, help="rollouts per step prefix")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per reward model")
     ap.add_argument("--max-n", type=int, default=None, help="samples per test problem, the largest N reported (32)")
+    ap.add_argument("--models", default="prm,orm,implicit",
+                    help="which reward models to train and compare (comma-separated: prm, orm, implicit)")
+    ap.add_argument("--batch-size", type=int, default=None, help="rows per reward-model training step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny on a busy machine)")
     ap.add_argument("--workdir", default=None, help="labelled data cache and training runs")
     ap.add_argument("--fresh", action="store_true", help="relabel instead of reusing cached labels")
     ap.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
     args = ap.parse_args()
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(args.models) - {"prm", "orm", "implicit"}
+    if unknown or not args.models:
+        ap.error(f"--models takes prm, orm, implicit; got {args.models}")
+    if args.search and "prm" not in args.models:
+        ap.error("--search compares search guided by the trained PRM: include prm in --models")
 
     import torch
 
@@ -267,7 +291,13 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     timings = {}
-    task = load_task(args.task)
+    from reasonlab.evaluation.harness import DEFAULT_TASK, DEFAULT_TASK_OPTIONS
+    from reasonlab import config as config_lib
+
+    # The default eval task keeps its own options (few-shot two-term sums), as `reasonlab eval` does.
+    options = (config_lib.parse_mapping(args.task_options, "--task-options") if args.task_options
+               else dict(DEFAULT_TASK_OPTIONS) if args.task == DEFAULT_TASK else {})
+    task = load_task(args.task, **options)
     policy = load_policy(args.model, **({"device": "cpu"} if args.model == "tiny" else {}))
 
     # 1. Labelled training data and the three reward models.
@@ -351,7 +381,8 @@ def main() -> int:
           f"test: {len(test_ex)} problems x {per_problem} samples (sample accuracy {report['sample_accuracy']:.3f}).\n")
     print("| step-level AUROC (held-out, Math-Shepherd hard labels) | AUROC |\n|---|---|")
     for k in ("prm", "implicit-prm (step reward)", "implicit-prm (value)", "orm (on each prefix)"):
-        print(f"| {k} | {fmt(step[k])} |")
+        if k in step:
+            print(f"| {k} | {fmt(step[k])} |")
     print(f"\n{step['labelled_steps']} labelled steps of {step['solutions']} solutions, "
           f"{step['positive_fraction']:.1%} positive.\n")
     print("| outcome-level AUROC | AUROC |\n|---|---|")
