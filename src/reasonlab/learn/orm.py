@@ -47,8 +47,7 @@ from typing import Any
 from reasonlab import config as config_lib
 from reasonlab.errors import UsageError
 from reasonlab.learn.sft import (
-    DTYPES,
-    SCHEDULES,
+    TrainLoopConfig,
     add_lora,
     epoch_permutation,
     load_model,
@@ -59,81 +58,32 @@ OBJECTIVES = ("head", "implicit")
 
 
 @dataclass(frozen=True)
-class RewardTrainConfig:
-    """Settings every reward-model trainer shares (model, optimisation, evaluation, checkpoints)."""
+class RewardTrainConfig(TrainLoopConfig):
+    """Settings every reward-model trainer shares: SFT's loop settings, the value head and held-out evaluation."""
 
     model: str = "tiny"
     """Backbone to start from: a built-in name ("tiny", "smollm2") or a local Hugging Face checkpoint directory."""
     out: str = "runs/rm"
     """Run directory: config, metrics, checkpoints, final reward model (out/final), summary."""
-    epochs: int = 1
-    """Passes over the training rows (used when max_steps is 0)."""
-    max_steps: int = 0
-    """Optimizer steps to run; 0 means as many as `epochs` passes take."""
-    batch_size: int = 16
-    """Rows per micro-batch (one forward/backward)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
     lr: float = 1e-4
     """Peak learning rate of AdamW for the backbone."""
-    head_lr_scale: float = 10.0
-    """The fresh value head learns at lr times this."""
-    lr_schedule: str = "cosine"
-    """Learning-rate decay after warmup: cosine, linear or constant."""
-    warmup_steps: int = 0
-    """Optimizer steps of linear warmup."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on backbone matrices."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this; 0 disables clipping."""
     max_seq_len: int = 512
     """Longest prompt+solution in tokens (at most the backbone's position range); longer rows are dropped and counted."""
+    save_final: bool = True
+    """Save the trained reward model to out/final."""
+    head_lr_scale: float = 10.0
+    """The fresh value head learns at lr times this."""
     freeze_backbone: bool = False
     """Train only the value head (a linear probe of the backbone's features)."""
-    lora: bool = False
-    """Train LoRA adapters (peft) instead of all backbone weights; the saved backbone has them merged in."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA branch."""
-    lora_targets: str = "all-linear"
-    """Modules that get adapters: "all-linear" or comma-separated module names."""
     eval_fraction: float = 0.1
     """Fraction of problems held out for evaluation (split by problem, so no problem is in both)."""
     eval_every: int = 50
     """Evaluate held-out loss and AUROC every this many steps (and at the end); 0: only at the end."""
-    save_every: int = 100
-    """Save a checkpoint every this many optimizer steps (0: only at the end and on Ctrl-C)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk (0 keeps all)."""
-    log_every: int = 10
-    """Log metrics every this many optimizer steps."""
-    seed: int = 0
-    """Seed of the data order, the held-out split, LoRA init and sampling."""
-    device: str = "auto"
-    """Device to train on: auto, cpu, cuda, cuda:1, ..."""
-    dtype: str = "auto"
-    """Compute dtype (autocast): auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16."""
-    resume: bool = True
-    """Resume from the latest checkpoint in `out`; with --no-resume an existing run directory is refused."""
-    save_final: bool = True
-    """Save the trained reward model to out/final."""
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.dtype not in DTYPES and self.dtype != "auto":
-            raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("batch_size", "grad_accum", "max_seq_len", "log_every", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "warmup_steps", "save_every", "keep_last", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.epochs == 0 and self.max_steps == 0:
-            raise ValueError("set epochs or max_steps")
+        super().__post_init__()
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.lora and self.freeze_backbone:

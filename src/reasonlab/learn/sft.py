@@ -35,14 +35,12 @@ from reasonlab.errors import UsageError
 
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """Supervised fine-tuning on prompt/completion rows (loss on completion tokens only)."""
+class TrainLoopConfig:
+    """Settings every supervised training loop shares (SFT, reward models): model, optimisation, LoRA, checkpoints."""
 
     model: str = "tiny"
-    """Model to fine-tune: a built-in name ("tiny", "smollm2") or a local Hugging Face checkpoint directory."""
-    data: str = ""
-    """JSONL training rows: {"prompt": text or messages, "completion": text} or {"messages": [...]}."""
-    out: str = "runs/sft"
+    """Model to start from: a built-in name ("tiny", "smollm2") or a local Hugging Face checkpoint directory."""
+    out: str = "runs/train"
     """Run directory: config, metrics, checkpoints, final model, summary."""
     epochs: int = 1
     """Passes over the data (used when max_steps is 0)."""
@@ -63,7 +61,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
     max_seq_len: int = 512
-    """Longest prompt+completion in tokens; longer rows lose the end of the completion."""
+    """Longest row in tokens."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of all weights; the final model has them merged in."""
     lora_r: int = 16
@@ -87,12 +85,10 @@ class SFTConfig:
     dtype: str = "auto"
     """Compute dtype (autocast): auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16.
     Trained weights stay float32; LoRA base weights are stored in this dtype."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
     resume: bool = True
     """Resume from the latest checkpoint in `out`; with --no-resume an existing run directory is refused."""
     save_final: bool = True
-    """Save the final model (with the tokenizer) to out/final as a Hugging Face checkpoint."""
+    """Save the final model (with the tokenizer) to out/final."""
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
@@ -107,6 +103,24 @@ class SFTConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError("set epochs or max_steps")
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainLoopConfig):
+    """Supervised fine-tuning on prompt/completion rows (loss on completion tokens only)."""
+
+    model: str = "tiny"
+    """Model to fine-tune: a built-in name ("tiny", "smollm2") or a local Hugging Face checkpoint directory."""
+    out: str = "runs/sft"
+    """Run directory: config, metrics, checkpoints, final model, summary."""
+    max_seq_len: int = 512
+    """Longest prompt+completion in tokens; longer rows lose the end of the completion."""
+    save_final: bool = True
+    """Save the final model (with the tokenizer) to out/final as a Hugging Face checkpoint."""
+    data: str = ""
+    """JSONL training rows: {"prompt": text or messages, "completion": text} or {"messages": [...]}."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
 
 
 # -- learning-rate schedules: multipliers of the peak lr, by fraction of the decay phase done ---------
