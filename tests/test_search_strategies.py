@@ -152,6 +152,18 @@ def test_best_of_n_and_weighted_vote_pick_differently():
     assert wmv.compute.scorer_calls == 3
 
 
+def test_best_of_n_never_picks_a_sample_cut_off_by_the_budget():
+    """Spending a budget leaves a last, shortened row: unfinished, short and confident. It must not win."""
+    policy = ScriptPolicy(lambda sofar, i: "answer: 1/2 because a half is one of two equal parts", logprob=-0.5)
+    confident = TableScorer(lambda text: 0.1 if text.endswith("equal parts") else 1.0)  # the cut-off text rates best
+    res = make_strategy("bon", n=0, batch=2, max_new_tokens=60).search(EX, policy, FracTask(), confident, budget=130)
+    ends = [n.meta.get("end") for n in res.tree.nodes[1:]]
+    assert ends.count("length") == 1 and ends.count("stop") == 2  # 2 full rows, then 10 tokens for a third
+    assert res.text.endswith("equal parts") and res.key == Fraction(1, 2)
+    only_cut = make_strategy("bon", n=1, max_new_tokens=5).search(EX, policy, FracTask(), confident)
+    assert only_cut.text == "answe"  # nothing finished: the cut-off sample is all there is
+
+
 def test_weighted_vote_function():
     key, totals = weighted_vote([1, 2, 1, None], [0.2, 0.3, 0.2, 5.0])
     assert key == 1 and totals == pytest.approx({1: 0.4, 2: 0.3})

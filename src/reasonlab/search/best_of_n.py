@@ -16,6 +16,8 @@ With ``n=0`` samples are drawn in rounds of ``batch`` until the budget is spent 
 with speculative rejection, which needs the population up front). The tree is the root with one
 leaf per sample, or with rejection root -> first chunk -> continuation (rejected chunks carry
 ``meta["pruned"]``). ``separator`` only says how a solution is cut into steps for process scorers.
+The pick is among the samples that finished (a stop string or EOS); one cut off by its token limit
+(or by the budget's last, shortened row) wins only when no sample finished.
 """
 
 from __future__ import annotations
@@ -99,7 +101,11 @@ class BestOfN(Strategy):
             return 0, []
         for c, s in zip(cands, ctx.score(cands)):
             ctx.tree[c.node].score = s
-        return cands[PICKS[cfg.pick](cands)].node, cands
+        # A sample that ran out of tokens (the budget's last, shortened row, or max_new_tokens) is not a
+        # solution: pick among the finished ones. Left in, a cut-off "The answer" can win on confidence.
+        eligible = [i for i, c in enumerate(cands) if ctx.tree[c.node].meta.get("end") != "length"]
+        eligible = eligible or list(range(len(cands)))
+        return cands[eligible[PICKS[cfg.pick]([cands[i] for i in eligible])]].node, cands
 
     def _speculative(self, ctx: SearchContext, params) -> list[Candidate]:
         """Phase 1: n samples of ``reject_after`` tokens; rate the unfinished; continue the best."""
