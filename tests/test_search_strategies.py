@@ -334,6 +334,15 @@ def test_revision_prompts_carry_previous_attempt_and_reflection():
     assert make_strategy("revise", pick="best").needs_scorer() is True
 
 
+def test_revision_best_pick_skips_an_attempt_cut_off_by_the_budget():
+    policy = ScriptPolicy(lambda sofar, i: "answer: 1/2 because a half is one of two equal parts", logprob=-0.5)
+    confident = TableScorer(lambda text: 0.1 if text.endswith("equal parts") else 1.0)  # the cut-off text rates best
+    res = make_strategy("revise", rounds=2, pick="best", max_new_tokens=60).search(
+        EX, policy, FracTask(), confident, budget=70)
+    assert [n.meta.get("end") for n in res.tree.nodes[1:]] == ["stop", "length"]  # 53 tokens, then 17 of them
+    assert res.text.endswith("equal parts")
+
+
 def test_greedy_is_one_temperature_zero_sample():
     policy = fixed(["answer: 1/2"])
     res = make_strategy("greedy", max_new_tokens=32).search(EX, policy, FracTask())

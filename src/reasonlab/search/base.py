@@ -384,6 +384,17 @@ def pick_majority(cands: Sequence[Candidate]) -> int:
 PICKS = {"best": pick_best, "vote": pick_weighted_vote, "majority": pick_majority}
 
 
+def pick_whole(tree: Tree, cands: Sequence[Candidate], pick: str) -> int:
+    """Index of ``PICKS[pick]``'s choice among the whole samples of ``cands`` (whole solutions or attempts).
+
+    A sample that ran out of tokens (``meta["end"] == "length"``: its max_new_tokens, or the budget's
+    last, shortened row) is not a solution, yet a short cut-off text rates high on confidence. It
+    wins only when no sample finished.
+    """
+    eligible = [i for i, c in enumerate(cands) if tree[c.node].meta.get("end") != "length"] or list(range(len(cands)))
+    return eligible[PICKS[pick]([cands[i] for i in eligible])]
+
+
 # ----------------------------------------------------------------------------------------------
 # The metered context
 # ----------------------------------------------------------------------------------------------

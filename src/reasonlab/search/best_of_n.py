@@ -26,13 +26,13 @@ import math
 from dataclasses import dataclass
 
 from reasonlab.search.base import (
-    PICKS,
     Candidate,
     SamplingOptions,
     SearchContext,
     Strategy,
     add_solutions,
     draw_samples,
+    pick_whole,
     rank_value,
 )
 
@@ -101,11 +101,7 @@ class BestOfN(Strategy):
             return 0, []
         for c, s in zip(cands, ctx.score(cands)):
             ctx.tree[c.node].score = s
-        # A sample that ran out of tokens (the budget's last, shortened row, or max_new_tokens) is not a
-        # solution: pick among the finished ones. Left in, a cut-off "The answer" can win on confidence.
-        eligible = [i for i, c in enumerate(cands) if ctx.tree[c.node].meta.get("end") != "length"]
-        eligible = eligible or list(range(len(cands)))
-        return cands[eligible[PICKS[cfg.pick]([cands[i] for i in eligible])]].node, cands
+        return cands[pick_whole(ctx.tree, cands, cfg.pick)].node, cands
 
     def _speculative(self, ctx: SearchContext, params) -> list[Candidate]:
         """Phase 1: n samples of ``reject_after`` tokens; rate the unfinished; continue the best."""

@@ -33,6 +33,7 @@ from reasonlab.search.base import (
     Strategy,
     add_solutions,
     pick_majority,
+    pick_whole,
 )
 
 REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
@@ -108,7 +109,7 @@ class Revision(Strategy):
         if cfg.pick == "majority":  # the most revised attempt with the winning answer
             i = pick_majority(attempts[::-1])
             return attempts[len(attempts) - 1 - i].node, attempts
-        return attempts[PICKS[cfg.pick](attempts)].node, attempts
+        return attempts[pick_whole(ctx.tree, attempts, cfg.pick)].node, attempts
 
     def _reviews(self, ctx: SearchContext, heads: list[Candidate], prompts: list[str]) -> list[str]:
         """Let the model review each attempt; return the prompts extended by the reviews."""
