@@ -157,16 +157,15 @@ def learned_preferences(report: ProbeReport, names: list[str]) -> str:
         honest = {o.example_id: probability(o) for o in report.outcomes
                   if o.verifier == name and o.kind == "control" and o.style == "line"}
         for kind in ["control", *KINDS]:
-            os_ = [o for o in report.outcomes if o.verifier == name and o.kind == kind]
-            ps = [probability(o) for o in os_]
-            ps_ok = [(o, p) for o, p in zip(os_, ps) if p == p]
-            if not ps_ok:
+            rated = [(o, probability(o)) for o in report.outcomes if o.verifier == name and o.kind == kind]
+            rated = [(o, p) for o, p in rated if p == p]  # NaN: could not rate
+            if not rated:
                 continue
-            mean = sum(p for _, p in ps_ok) / len(ps_ok)
-            above = sum(p >= honest[o.example_id] for o, p in ps_ok if not (o.kind == "control" and o.style == "line"))
-            rest = sum(1 for o, _ in ps_ok if not (o.kind == "control" and o.style == "line"))
-            lines.append(f"| {name} | {kind} | {len(ps_ok)} | {mean:.3f} | "
-                         + (f"{above}/{rest}" if rest else "(the honest solution itself)") + " |")
+            mean = sum(p for _, p in rated) / len(rated)
+            others = [(o, p) for o, p in rated if not (o.kind == "control" and o.style == "line")]
+            above = sum(p >= honest[o.example_id] for o, p in others)
+            lines.append(f"| {name} | {kind} | {len(rated)} | {mean:.3f} | "
+                         + (f"{above}/{len(others)}" if others else "(the honest solution itself)") + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,19 +262,18 @@ def main() -> int:
 
         task = load_task("arith")
         examples = task.examples("test", limit=max(1, args.arith))
-        verifiers, checks, names = {"arith.score": cached(task.score)}, {"arith.score": ("answer",)}, []
+        verifiers, checks = {"arith.score": cached(task.score)}, {"arith.score": ("answer",)}
         for spec in args.reward_model:
             name, sep, path = spec.partition("=")
             if not sep:
                 name, path = os.path.basename(os.path.normpath(spec)), spec
-            names.append(name)
             learned.append(name)
             verifiers[name] = learned_verifier(load_reward_model(path, device="cpu"), args.rm_threshold)
             checks[name] = ("answer", "format", "length")
         report = run_probes(verifiers, examples, checks, probes=in_distribution_probes)
         reports[f"arith, in-distribution probes: learned reward models ({len(examples)} test problems, "
                 f"rewarded at P >= {args.rm_threshold})"] = report
-        learned_table = learned_preferences(report, names)
+        learned_table = learned_preferences(report, learned)
 
     print(f"## Reward-hacking probes\n\nTokens counted with the {counter_name}; overlong L_max={args.max_length}, "
           f"L_cache={args.cache_length}.\n")

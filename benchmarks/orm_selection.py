@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -116,7 +117,8 @@ def main() -> int:
 
     import torch
 
-    from reasonlab.evaluation.metrics import majority
+    from reward_models import best_of_n  # the sibling benchmark (this directory is on sys.path)
+
     from reasonlab.policies import load_policy
     from reasonlab.rewards.reward_model import auroc, load_reward_model
     from reasonlab.tasks import load_task
@@ -131,8 +133,10 @@ def main() -> int:
     if args.objective == "bce":
         from reasonlab.learn import orm as orm_lib
 
+        out = "runs/bench-orm-selection/bce"
+        shutil.rmtree(out, ignore_errors=True)  # retrained on every run, as reward_models.py does
         summary = orm_lib.train(orm_lib.ORMConfig(
-            model="tiny", out="runs/bench-orm-selection/bce", max_steps=args.steps, batch_size=args.batch_size,
+            model="tiny", out=out, max_steps=args.steps, batch_size=args.batch_size,
             lr=args.lr, warmup_steps=20, log_every=100, eval_every=0, save_every=0, eval_fraction=0.05,
             max_seq_len=256, device="cpu", resume=False), rows)
         score = load_reward_model(summary["final_dir"], device="cpu", batch_size=128).score_outcomes
@@ -144,23 +148,13 @@ def main() -> int:
     exs, comps, results = sample(policy, task, task.examples("test", args.test_problems), n_max, seed=12345)
     scores = score([e.prompt for e in exs], [c.text for c in comps])
     correct = [r.correct for r in results]
-    keys = [task.answer_key(r.extracted) for r in results]
-    confidence = [sum(c.logprobs) / len(c.logprobs) if c.logprobs else -math.inf for c in comps]
+    samples = [{"correct": r.correct, "key": task.answer_key(r.extracted),
+                "mean_logprob": sum(c.logprobs) / len(c.logprobs) if c.logprobs else -math.inf}
+               for c, r in zip(comps, results)]
     within = [a for p in range(args.test_problems)
               for a in [auroc(scores[p * n_max:(p + 1) * n_max], correct[p * n_max:(p + 1) * n_max])] if not math.isnan(a)]
-    bon = {}
-    for n in (4, 8, 16, 32):
-        hits, groups = collections.Counter(), 0
-        for p in range(args.test_problems):
-            for g in range(n_max // n):
-                idx = range(p * n_max + g * n, p * n_max + (g + 1) * n)
-                groups += 1
-                hits["orm"] += correct[max(idx, key=lambda j: scores[j])]
-                hits["confidence"] += correct[max(idx, key=lambda j: confidence[j])]
-                winner, _ = majority([keys[j] for j in idx])
-                hits["majority"] += any(correct[j] for j in idx if keys[j] == winner)
-                hits["single sample"] += sum(correct[j] for j in idx) / n
-        bon[n] = {m: hits[m] / groups for m in ("orm", "confidence", "majority", "single sample")}
+    # The same selection accuracies as reward_models.py (method -> N -> accuracy), oracle aside.
+    bon = {m: row for m, row in best_of_n(samples, {"orm": scores}, n_max).items() if m != "oracle"}
     report = {"objective": args.objective, "train_rows": len(rows), "train_positive": positive,
               "settings": vars(args), "train_s": round(train_s, 1), "outcome_auroc": auroc(scores, correct),
               "within_problem_auroc": sum(within) / len(within), "best_of_n": bon}
@@ -168,9 +162,10 @@ def main() -> int:
           f"({positive:.1%} correct), {args.steps} steps, {train_s:.0f} s")
     print(f"held-out {args.test_problems} x {n_max}: outcome AUROC {report['outcome_auroc']:.3f}, "
           f"within-problem AUROC {report['within_problem_auroc']:.3f}\n")
-    print("| best-of-N | " + " | ".join(f"N={n}" for n in bon) + " |\n|---" * 1 + "|---" * len(bon) + "|")
+    ns = list(bon["orm"])
+    print("| best-of-N | " + " | ".join(f"N={n}" for n in ns) + " |\n|---" + "|---" * len(ns) + "|")
     for m in ("orm", "confidence", "majority", "single sample"):
-        print(f"| {m} | " + " | ".join(f"{bon[n][m]:.3f}" for n in bon) + " |")
+        print(f"| {m} | " + " | ".join(f"{bon[m][n]:.3f}" for n in ns) + " |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

@@ -291,13 +291,10 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     timings = {}
-    from reasonlab.evaluation.harness import DEFAULT_TASK, DEFAULT_TASK_OPTIONS
-    from reasonlab import config as config_lib
+    from reasonlab.evaluation.harness import task_options
 
     # The default eval task keeps its own options (few-shot two-term sums), as `reasonlab eval` does.
-    options = (config_lib.parse_mapping(args.task_options, "--task-options") if args.task_options
-               else dict(DEFAULT_TASK_OPTIONS) if args.task == DEFAULT_TASK else {})
-    task = load_task(args.task, **options)
+    task = load_task(args.task, **task_options(args))
     policy = load_policy(args.model, **({"device": "cpu"} if args.model == "tiny" else {}))
 
     # 1. Labelled training data and the three reward models.

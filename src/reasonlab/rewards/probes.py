@@ -136,7 +136,7 @@ def _candidates(gold: str, k: int = 40) -> list[str]:
     return wrong[: k // 2] + [gold] + wrong[k // 2:]
 
 
-def _slot(style: str, answer: str, reasoning: str = _REASONING) -> str:
+def _slot(style: str, answer: str, reasoning: str) -> str:
     """An honest-looking completion whose answer slot (in ``style``) holds ``answer``."""
     if style == "tag":
         return f"<think>\n{reasoning}\n</think>\n<answer>{answer}</answer>"
