@@ -27,3 +27,24 @@ def random_tiny_dir(tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture
+def grads_at_step():
+    """``watch(trainer) -> dict``: the dict fills with each parameter's gradient as the trainer's optimizer
+    steps. Tests compare updates by their gradients: AdamW's first step is about ``lr * sign(grad)``,
+    so weights after it amplify float noise in near-zero gradients and are blind to the gradient's scale."""
+
+    def watch(trainer) -> dict:
+        grads: dict = {}
+        step = trainer.optimizer.step
+
+        def capture(*a, **kw):
+            grads.update({k: p.grad.detach().clone() for k, p in trainer.model.named_parameters()
+                          if p.grad is not None})
+            return step(*a, **kw)
+
+        trainer.optimizer.step = capture
+        return grads
+
+    return watch

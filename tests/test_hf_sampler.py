@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from reasonlab.policies.hf import HFPolicy, filter_logits, sample_next
+from reasonlab.policies.hf import HFPolicy, draw, filter_logits, roomy_cache, sample_next
 from reasonlab.types import SamplingParams
 
 
@@ -105,3 +105,76 @@ def test_bucketed_prefill_matches_one_padded_batch(random_tiny_dir, policy):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     for x, y in zip(a, b):
         torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+
+
+def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    g = torch.Generator().manual_seed(0)
+    picks = draw(probs.expand(200_000, -1), g)
+    freq = torch.bincount(picks, minlength=6).double() / picks.numel()
+    assert freq[[0, 2, 5]].sum() == 0
+    # 200k draws: the standard error of each share is about 0.001.
+    torch.testing.assert_close(freq, probs.double(), atol=5e-3, rtol=0)
+    again = draw(probs.expand(200_000, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(picks, again)
+
+
+def test_roomy_cache_appends_in_place_and_matches_the_plain_cache(policy):
+    from transformers.cache_utils import DynamicCache
+
+    model = policy.model
+    ids = torch.tensor([policy.tokenizer(PROMPTS[0])["input_ids"]] * 2)
+    roomy, plain = roomy_cache(model), DynamicCache(config=model.config)
+    assert roomy is not None
+    with torch.inference_mode():
+        for cache in (roomy, plain):
+            model(input_ids=ids, past_key_values=cache, use_cache=True)
+        for layer in roomy.layers:
+            layer.reserve(8)
+        buffers = [layer.kbuf.data_ptr() for layer in roomy.layers]
+        roomy.batch_select_indices(torch.tensor([1]))
+        plain.batch_select_indices(torch.tensor([1]))
+        step = ids[1:, :1]
+        for t in range(6):   # past the reserved room's first half, and compacted rows keep their room
+            a = model(input_ids=step, past_key_values=roomy, use_cache=True).logits
+            b = model(input_ids=step, past_key_values=plain, use_cache=True).logits
+            torch.testing.assert_close(a, b)
+            step = a[:, -1].argmax(-1, keepdim=True)
+    for r, p in zip(roomy.layers, plain.layers):
+        torch.testing.assert_close(r.keys, p.keys)
+        assert r.kbuf.shape[-2] == ids.shape[1] + 8     # the reserved room held; no regrowth
+        assert r.keys.data_ptr() == r.kbuf.data_ptr()    # keys are a view of the buffer, not a copy
+    assert buffers != [layer.kbuf.data_ptr() for layer in roomy.layers]   # select copied the buffers once
+
+
+def test_shared_prefix_runs_once_and_changes_nothing(policy):
+    from reasonlab.policies.hf import prefill, shared_prefix_len
+
+    tok = policy.tokenizer
+    head = "You are a careful calculator. Work it out, then answer.\n" * 3
+    prompts = [tok(head + p)["input_ids"] for p in PROMPTS + ["Q: 7*6=?\nA: the answer is "]]
+    k = shared_prefix_len(prompts)
+    assert k >= len(tok(head)["input_ids"]) - 1
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2      # each prompt keeps a token of its own
+    model, calls = policy.model, []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            shared = prefill(model, prompts, policy.pad_id, bucket_rows=2, min_shared_tokens=1)
+            n_shared = sum(calls)
+            calls.clear()
+            plain = prefill(model, prompts, policy.pad_id, bucket_rows=2, min_shared_tokens=10**9)
+            n_plain = sum(calls)
+    finally:
+        hook.remove()
+    assert n_shared < n_plain - (len(prompts) - 2) * k          # the prefix ran once, not once per prompt
+    torch.testing.assert_close(shared[1], plain[1], atol=1e-4, rtol=1e-4)
+    # One decode step on each cache: the [prefix | padding | suffix] layout attends to the same tokens.
+    with torch.inference_mode():
+        outs = []
+        for cache, logits, mask, pos in (shared, plain):
+            step = logits.argmax(-1, keepdim=True)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            outs.append(model(input_ids=step, attention_mask=mask, position_ids=pos[:, -1:] + 1,
+                              past_key_values=cache, use_cache=True).logits[:, -1])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
