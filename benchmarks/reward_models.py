@@ -107,11 +107,16 @@ def train_models(rows: list[dict], s: dict, args, workdir: Path) -> dict:
         if name not in args.models:
             continue
         d = workdir / f"train-{name}"
-        shutil.rmtree(d, ignore_errors=True)
         t0 = time.time()
-        summary = run(str(d))
+        done = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        if args.reuse_models and (d / "final").is_dir() and done and not done.get("interrupted"):
+            summary = {**done, "final_dir": str(d / "final")}
+            print(f"{name}: reusing the model an earlier run trained in {d}", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            summary = run(str(d))
         summaries[name] = {**{k: summary[k] for k in ("steps", "train_rows", "first_loss", "final_loss", "eval")},
-                           "train_s": round(time.time() - t0, 1)}
+                           "train_s": round(summary.get("wall_time_s", time.time() - t0), 1)}
         out[name] = load_reward_model(summary["final_dir"], device="cpu", batch_size=64)
     return {"models": out, "summaries": summaries}
 
@@ -267,6 +272,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny on a busy machine)")
     ap.add_argument("--workdir", default=None, help="labelled data cache and training runs")
     ap.add_argument("--fresh", action="store_true", help="relabel instead of reusing cached labels")
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="load reward models an earlier run finished in WORKDIR instead of training them again "
+                         "(only valid with the same labels and settings)")
     ap.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
     args = ap.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

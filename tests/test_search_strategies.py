@@ -164,6 +164,18 @@ def test_best_of_n_never_picks_a_sample_cut_off_by_the_budget():
     assert only_cut.text == "answe"  # nothing finished: the cut-off sample is all there is
 
 
+def test_self_consistency_counts_only_finished_samples():
+    """Cut off at max_new_tokens, "answer: 1000" reads as 10: three such made-up votes must not outvote two real ones."""
+    policy = ScriptPolicy(lambda sofar, i: "answer: 1000" if i < 3 else "answer: 7")
+    res = make_strategy("sc", n=5, max_new_tokens=10).search(EX, policy, FracTask())
+    leaves = res.tree.nodes[1:]
+    assert [n.meta.get("end") for n in leaves] == ["length"] * 3 + ["stop"] * 2
+    assert res.key == 7 and res.text == "answer: 7"
+    assert [n.meta["votes"] for n in leaves] == [0, 0, 0, 2, 2]
+    only_cut = make_strategy("sc", n=3, max_new_tokens=10).search(EX, policy, FracTask())
+    assert only_cut.key == 10     # nothing finished: the cut-off samples are all there is
+
+
 def test_weighted_vote_function():
     key, totals = weighted_vote([1, 2, 1, None], [0.2, 0.3, 0.2, 5.0])
     assert key == 1 and totals == pytest.approx({1: 0.4, 2: 0.3})

@@ -2,7 +2,8 @@
 
 Sample ``n`` solutions and answer with the most common final answer. Answers are grouped by the
 task's ``answer_key``, so mathematically equal answers (``1/2`` and ``0.5``) are one vote; samples
-without an answer do not vote; ties go to the answer seen first. The chosen solution is the first
+without an answer do not vote, nor do samples cut off by the token limit while any sample finished;
+ties go to the answer seen first. The chosen solution is the first
 sample carrying the winning answer. No scorer is used.
 
 With ``n=0`` it samples in rounds of ``batch`` until the budget can fund no more samples, which is
@@ -22,7 +23,7 @@ from reasonlab.search.base import (
     Strategy,
     add_solutions,
     draw_samples,
-    pick_majority,
+    pick_whole,
 )
 
 
@@ -54,7 +55,10 @@ class SelfConsistency(Strategy):
         cands = add_solutions(ctx, 0, draw_samples(ctx, ctx.prefix, cfg.n, cfg.batch, params))
         if not cands:
             return 0, []
-        votes = Counter(c.key for c in cands if c.key is not None)
+        # Only finished samples vote (unless none finished): one cut off by max_new_tokens or by the
+        # budget's last, shortened row ends mid-number ("answer: 10" of "answer: 1000"), a made-up vote.
+        whole = [c for c in cands if ctx.tree[c.node].meta.get("end") != "length"] or cands
+        votes = Counter(c.key for c in whole if c.key is not None)
         for c in cands:
-            ctx.tree[c.node].meta["votes"] = votes.get(c.key, 0)
-        return cands[pick_majority(cands)].node, cands
+            ctx.tree[c.node].meta["votes"] = votes.get(c.key, 0) if c in whole else 0
+        return cands[pick_whole(ctx.tree, cands, "majority")].node, cands
