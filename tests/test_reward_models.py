@@ -101,6 +101,13 @@ def test_orm_training_reduces_loss_and_separates_a_synthetic_set(tmp_path, rando
     scores = rm.score_outcomes([r["prompt"] for r in fresh], [r["completion"] for r in fresh])
     assert auroc(scores, [r["label"] for r in fresh]) > 0.9
     assert all(0 < s < 1 for s in scores)
+    # Copies of one input run once, and score as they do alone.
+    rows = []
+    hook = rm.head.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    dup = rm.score_outcomes([fresh[0]["prompt"]] * 5 + [fresh[1]["prompt"]],
+                            [fresh[0]["completion"]] * 5 + [fresh[1]["completion"]])
+    hook.remove()
+    assert sum(rows) == 2 and dup == pytest.approx([scores[0]] * 5 + [scores[1]], abs=1e-5)
     # The adapters give the same numbers: a TRL-shaped reward and a search scorer.
     reward = RewardModelReward(rm)
     assert reward([r["prompt"] for r in fresh[:4]], [r["completion"] for r in fresh[:4]]) == pytest.approx(scores[:4], abs=1e-5)

@@ -272,18 +272,28 @@ class RewardModel(torch.nn.Module):
 
     @torch.inference_mode()
     def probabilities(self, encoded: Sequence[Encoded]) -> list[list[float]]:
-        """sigmoid(head logit) at each read position of each input; NaN where truncation cut it off."""
+        """sigmoid(head logit) at each read position of each input; NaN where truncation cut it off.
+
+        Identical token sequences run once: best-of-N and search score many copies of the same short
+        solution (32 samples of a one-line answer hold a handful of distinct texts)."""
         was_training = self.training
         self.eval()
-        out: list[list[float]] = [[] for _ in encoded]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))  # little padding per batch
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
+        first: dict[tuple[int, ...], int] = {}
+        for i, e in enumerate(encoded):
+            first.setdefault(tuple(e.ids), i)
+        uniq = sorted(first.values(), key=lambda i: len(encoded[i].ids))  # little padding per batch
+        rows: dict[int, torch.Tensor] = {}
+        for s in range(0, len(uniq), self.batch_size):
+            idx = uniq[s:s + self.batch_size]
             ids, mask = pad_batch([encoded[i].ids for i in idx], self.pad_id)
             probs = self(ids.to(self.device), mask.to(self.device)).sigmoid().cpu()
             for row, i in enumerate(idx):
-                out[i] = [float(probs[row, p]) if p >= 0 else math.nan for p in encoded[i].positions]
+                rows[i] = probs[row]
         self.train(was_training)
+        out: list[list[float]] = []
+        for e in encoded:
+            probs = rows[first[tuple(e.ids)]]
+            out.append([float(probs[p]) if p >= 0 else math.nan for p in e.positions])
         return out
 
     # -- scoring API --------------------------------------------------------------------------
