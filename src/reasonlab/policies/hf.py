@@ -12,6 +12,12 @@ Why not ``model.generate``: for RL rollouts and n-sample evaluation the sampler 
 * **The prompt is prefilled once for n samples.** Prompts are prefilled once per distinct prompt
   and their cache rows are repeated ``n`` times.
 * **Rows are bucketed by prompt length**, so left padding stays small.
+* **A prefix common to all prompts is prefilled once** (a chat template's system turn, few-shot
+  examples, a search node's question).
+* **The KV cache grows in place.** ``DynamicCache`` copies every layer's whole cache at every step
+  to append one token (30% of a batch-64 decode step on a CPU); ``RoomyLayer`` writes into room.
+* **One uniform per row, not one per vocabulary entry.** ``torch.multinomial`` draws an exponential
+  variate for each of the 49k logits of each row (14% of the step); ``draw`` inverts the CDF.
 
 The sampler is token-in/token-out: a completion carries the exact sampled ids and the model's own
 log-probability of each (from the unmodified logits, before temperature/top-k/top-p), which is what
