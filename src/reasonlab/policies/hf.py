@@ -153,8 +153,8 @@ def _roomy_layer_class():
 
         def reserve(self, room: int) -> None:
             length = self.get_seq_length()
-            if self._owns() and self.kbuf.shape[-2] >= length + room:
-                return
+            if length == 0 or (self._owns() and self.kbuf.shape[-2] >= length + room):
+                return   # nothing cached yet: the first update sets the shapes
             b, h, _, d = self.keys.shape
             kbuf, vbuf = self.keys.new_empty((b, h, length + room, d)), self.values.new_empty((b, h, length + room, d))
             kbuf[:, :, :length] = self.keys
