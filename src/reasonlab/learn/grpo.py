@@ -231,7 +231,7 @@ class Trainer:
     def __init__(self, cfg: GRPOConfig, *, model=None, tokenizer=None, task=None):
         import torch
 
-        from reasonlab.learn.sft import add_lora, load_model, lr_multiplier
+        from reasonlab.learn.sft import adamw, add_lora, load_model, lr_multiplier
         from reasonlab.policies.hf import HFPolicy, pick_device, pick_dtype
         from reasonlab.rewards.functions import build_reward_set
         from reasonlab.evaluation.harness import task_options
@@ -293,7 +293,7 @@ class Trainer:
         self.params += [p for m in self.modules.values() for p in m.parameters()]
         groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type == "cuda")
+        self.optimizer = adamw(groups, cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, max(cfg.max_steps, 1)))
         self.step_no, self.epoch, self.index = 0, 0, 0

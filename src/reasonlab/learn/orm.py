@@ -48,6 +48,7 @@ from reasonlab import config as config_lib
 from reasonlab.errors import UsageError
 from reasonlab.learn.sft import (
     TrainLoopConfig,
+    adamw,
     add_lora,
     epoch_permutation,
     load_model,
@@ -307,7 +308,7 @@ def fit(cfg: RewardTrainConfig, run, rows: list[dict], *, kind: str, separator: 
         groups.append({"params": head_params, "weight_decay": 0.0, "lr": cfg.lr * cfg.head_lr_scale})
     groups = [g for g in groups if g["params"]]
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = adamw(groups, cfg.lr)
     n = len(train_items)
     chunk = cfg.batch_size * cfg.grad_accum
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(n / chunk)

@@ -100,13 +100,13 @@ class PPOTrainer(Trainer):
         vparams = {id(p) for m in self.modules.values() for p in m.parameters()}
         policy = [p for p in self.params if id(p) not in vparams]
         value = [p for p in self.params if id(p) in vparams]
-        self.optimizer = torch.optim.AdamW(
+        from reasonlab.learn.sft import adamw, lr_multiplier
+
+        self.optimizer = adamw(
             [{"params": [p for p in policy if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
              {"params": [p for p in policy if p.ndim < 2], "weight_decay": 0.0},
              {"params": value, "weight_decay": 0.0, "lr": self.cfg.lr * self.cfg.value_lr_scale}],
-            lr=self.cfg.lr, fused=self.device.type == "cuda")
-        from reasonlab.learn.sft import lr_multiplier
-
+            self.cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(self.cfg.lr_schedule, self.cfg.warmup_steps, max(self.cfg.max_steps, 1)))
 
