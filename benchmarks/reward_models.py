@@ -108,8 +108,10 @@ def train_models(rows: list[dict], s: dict, args, workdir: Path) -> dict:
             continue
         d = workdir / f"train-{name}"
         t0 = time.time()
-        done = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        if args.reuse_models and (d / "final").is_dir() and done and not done.get("interrupted"):
+        done = {}
+        if args.reuse_models and (d / "summary.json").exists():
+            done = json.loads((d / "summary.json").read_text())
+        if done and (d / "final").is_dir() and not done.get("interrupted"):
             summary = {**done, "final_dir": str(d / "final")}
             print(f"{name}: reusing the model an earlier run trained in {d}", file=sys.stderr)
         else:

@@ -278,9 +278,10 @@ class RewardModel(torch.nn.Module):
         solution (32 samples of a one-line answer hold a handful of distinct texts)."""
         was_training = self.training
         self.eval()
+        keys = [tuple(e.ids) for e in encoded]
         first: dict[tuple[int, ...], int] = {}
-        for i, e in enumerate(encoded):
-            first.setdefault(tuple(e.ids), i)
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
         uniq = sorted(first.values(), key=lambda i: len(encoded[i].ids))  # little padding per batch
         rows: dict[int, torch.Tensor] = {}
         for s in range(0, len(uniq), self.batch_size):
@@ -291,8 +292,8 @@ class RewardModel(torch.nn.Module):
                 rows[i] = probs[row]
         self.train(was_training)
         out: list[list[float]] = []
-        for e in encoded:
-            probs = rows[first[tuple(e.ids)]]
+        for e, key in zip(encoded, keys):
+            probs = rows[first[key]]
             out.append([float(probs[p]) if p >= 0 else math.nan for p in e.positions])
         return out
 

@@ -384,14 +384,19 @@ def pick_majority(cands: Sequence[Candidate]) -> int:
 PICKS = {"best": pick_best, "vote": pick_weighted_vote, "majority": pick_majority}
 
 
-def pick_whole(tree: Tree, cands: Sequence[Candidate], pick: str) -> int:
-    """Index of ``PICKS[pick]``'s choice among the whole samples of ``cands`` (whole solutions or attempts).
+def whole_indices(tree: Tree, cands: Sequence[Candidate]) -> list[int]:
+    """Indices of the samples of ``cands`` that finished (a stop string or EOS), or of all when none did.
 
     A sample that ran out of tokens (``meta["end"] == "length"``: its max_new_tokens, or the budget's
-    last, shortened row) is not a solution, yet a short cut-off text rates high on confidence. It
-    wins only when no sample finished.
+    last, shortened row) is not a solution: a short cut-off text rates high on confidence, and its
+    answer may be a truncated number ("answer: 10" of "answer: 1000").
     """
-    eligible = [i for i, c in enumerate(cands) if tree[c.node].meta.get("end") != "length"] or list(range(len(cands)))
+    return [i for i, c in enumerate(cands) if tree[c.node].meta.get("end") != "length"] or list(range(len(cands)))
+
+
+def pick_whole(tree: Tree, cands: Sequence[Candidate], pick: str) -> int:
+    """Index of ``PICKS[pick]``'s choice among the whole samples of ``cands`` (see ``whole_indices``)."""
+    eligible = whole_indices(tree, cands)
     return eligible[PICKS[pick]([cands[i] for i in eligible])]
 
 

@@ -24,6 +24,7 @@ from reasonlab.search.base import (
     add_solutions,
     draw_samples,
     pick_whole,
+    whole_indices,
 )
 
 
@@ -55,10 +56,9 @@ class SelfConsistency(Strategy):
         cands = add_solutions(ctx, 0, draw_samples(ctx, ctx.prefix, cfg.n, cfg.batch, params))
         if not cands:
             return 0, []
-        # Only finished samples vote (unless none finished): one cut off by max_new_tokens or by the
-        # budget's last, shortened row ends mid-number ("answer: 10" of "answer: 1000"), a made-up vote.
-        whole = [c for c in cands if ctx.tree[c.node].meta.get("end") != "length"] or cands
-        votes = Counter(c.key for c in whole if c.key is not None)
-        for c in cands:
-            ctx.tree[c.node].meta["votes"] = votes.get(c.key, 0) if c in whole else 0
+        # Only finished samples vote (unless none finished): a cut-off one may hold a truncated answer.
+        whole = set(whole_indices(ctx.tree, cands))
+        votes = Counter(cands[i].key for i in whole if cands[i].key is not None)
+        for i, c in enumerate(cands):
+            ctx.tree[c.node].meta["votes"] = votes.get(c.key, 0) if i in whole else 0
         return cands[pick_whole(ctx.tree, cands, "majority")].node, cands
