@@ -119,6 +119,25 @@ def test_draw_follows_the_distribution_and_never_picks_filtered_tokens():
     assert torch.equal(picks, again)
 
 
+def test_draw_across_blocks_matches_the_distribution():
+    # A vocabulary of several DRAW_BLOCKs: mass in the first and last token of blocks, a whole empty
+    # block, unnormalised weights, and a final partial block.
+    from reasonlab.policies.hf import DRAW_BLOCK
+
+    v = 3 * DRAW_BLOCK + 10
+    w = torch.zeros(v)
+    w[[0, DRAW_BLOCK - 1, 2 * DRAW_BLOCK, v - 1]] = torch.tensor([1.0, 3.0, 2.0, 4.0])  # block 1 is empty
+    picks = draw(w.expand(200_000, -1), torch.Generator().manual_seed(1))
+    freq = torch.bincount(picks, minlength=v).double() / picks.numel()
+    assert set(torch.nonzero(freq).flatten().tolist()) == {0, DRAW_BLOCK - 1, 2 * DRAW_BLOCK, v - 1}
+    torch.testing.assert_close(freq, (w / w.sum()).double(), atol=5e-3, rtol=0)
+    # A single token with all the mass, anywhere, is always the pick.
+    for t in (0, DRAW_BLOCK, v - 1):
+        one = torch.zeros(4, v)
+        one[:, t] = 1.0
+        assert draw(one, torch.Generator().manual_seed(t)).tolist() == [t] * 4
+
+
 def test_roomy_cache_appends_in_place_and_matches_the_plain_cache(policy):
     from transformers.cache_utils import DynamicCache
 
@@ -178,3 +197,35 @@ def test_shared_prefix_runs_once_and_changes_nothing(policy):
             outs.append(model(input_ids=step, attention_mask=mask, position_ids=pos[:, -1:] + 1,
                               past_key_values=cache, use_cache=True).logits[:, -1])
     torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
+
+
+def test_packed_linears_match_plain_linears_and_follow_weight_updates():
+    from reasonlab.policies import hf
+
+    if not hf._can_pack():
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(0)
+    big = torch.nn.Linear(600, 1024)            # 614k weights: packed
+    small = torch.nn.Linear(64, 64)             # below PACK_MIN_WEIGHTS: left alone
+    model = torch.nn.Sequential(big, torch.nn.ReLU(), torch.nn.Linear(1024, 64), small)
+    x = torch.randn(16, 600)
+    with torch.inference_mode():
+        want = model(x)
+        with hf.packed_linears(model):
+            assert type(big) is not torch.nn.Linear and type(small) is torch.nn.Linear
+            got = model(x)
+            assert "_packed" in big.__dict__
+    assert type(big) is torch.nn.Linear
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # An in-place update (what an optimizer step does) must reach the packed copy.
+    with torch.no_grad():
+        big.weight.mul_(-0.5)
+    with torch.inference_mode():
+        want = model(x)
+        with hf.packed_linears(model):
+            got = model(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # With gradients on, the packed class takes nn.Linear's path, so training still works inside.
+    with hf.packed_linears(model):
+        model(x).sum().backward()
+    assert big.weight.grad is not None and big.weight.grad.abs().sum() > 0
