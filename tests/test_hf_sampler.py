@@ -229,3 +229,53 @@ def test_packed_linears_match_plain_linears_and_follow_weight_updates():
     with hf.packed_linears(model):
         model(x).sum().backward()
     assert big.weight.grad is not None and big.weight.grad.abs().sum() > 0
+
+
+def test_shared_prompt_cache_matches_the_repeated_cache(policy):
+    # Decode steps over one prompt row per prompt must give the logits of the plain cache with the prompt
+    # repeated per sample, also after rows finish unevenly and a whole prompt's rows are gone.
+    from reasonlab.policies import shared_prompt
+    from reasonlab.policies.hf import prefill
+
+    model, n = policy.model, 3
+    assert shared_prompt.supported(model)
+    prompts = [policy.encode(p) for p in PROMPTS]  # four lengths: left padding inside the prompt part
+    with torch.inference_mode():
+        cache, _, mask, pos = prefill(model, prompts, policy.pad_id, 2)
+        shared = shared_prompt.SharedPromptCache.from_prefill(model.config, cache, mask, n, 8)
+        plain, _, plain_mask, _ = prefill(model, prompts, policy.pad_id, 2)
+        plain.batch_repeat_interleave(n)
+        plain_mask = plain_mask.repeat_interleave(n, 0)
+        cur = pos[:, -1].repeat_interleave(n)
+        tok = torch.arange(len(prompts) * n) % 20 + 4
+        for step in range(5):
+            if step == 2:  # prompt 1 loses all its rows, prompt 2 one of three
+                keep = torch.tensor([0, 1, 2, 6, 8, 9, 10, 11])
+                shared.batch_select_indices(keep)
+                plain.batch_select_indices(keep)
+                tok, cur, plain_mask = tok[keep], cur[keep], plain_mask[keep]
+                assert not shared.regular and shared.n_prompts == 3
+            plain_mask = torch.cat([plain_mask, plain_mask.new_ones((len(tok), 1))], dim=1)
+            cur = cur + 1
+            with shared_prompt.decoding_with(model, shared):
+                got = model(input_ids=tok[:, None], position_ids=cur[:, None], past_key_values=shared,
+                            use_cache=True).logits[:, -1]
+            want = model(input_ids=tok[:, None], attention_mask=plain_mask, position_ids=cur[:, None],
+                         past_key_values=plain, use_cache=True).logits[:, -1]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+            tok = got.argmax(-1)
+    assert model.config._attn_implementation != shared_prompt.ATTENTION_NAME
+
+
+def test_sampler_with_and_without_the_shared_prompt_cache_agree(random_tiny_dir, policy):
+    many = PROMPTS * 2 + ["Q: 1=?\nA: 1"]
+    kw = dict(device="cpu", model=policy.model, tokenizer=policy.tokenizer, max_batch_size=12)
+    on = HFPolicy(random_tiny_dir, shared_prompt_kv=True, **kw)
+    off = HFPolicy(random_tiny_dir, shared_prompt_kv=False, **kw)
+    for n in (1, 4):
+        sp = SamplingParams(n=n, temperature=1.0, max_new_tokens=24, seed=5)
+        a, b = on.generate(many, sp), off.generate(many, sp)
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+        assert len({len(c.token_ids) for c in a}) > 1  # rows finished at different steps
+        for x, y in zip(a, b):
+            torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)

@@ -9,8 +9,10 @@ Why not ``model.generate``: for RL rollouts and n-sample evaluation the sampler 
 * **Padding costs prefill compute.** A left-padded batch of prompts spends FLOPs and masked
   attention on padding (38% of a batch of 64 GSM8K prompts). On a CPU prompts are prefilled in small
   buckets of similar length and the bucket caches are joined into one padded decode batch.
-* **The prompt is prefilled once for n samples.** Prompts are prefilled once per distinct prompt
-  and their cache rows are repeated ``n`` times.
+* **The prompt is prefilled once for n samples, and read once per step for all of them.** Prompts
+  are prefilled once per distinct prompt; on a CPU the decode cache keeps one prompt row per prompt
+  and each step's attention reads it once for the prompt's ``n`` samples (``shared_prompt``),
+  instead of repeating it ``n`` times.
 * **Rows are bucketed by prompt length**, so left padding stays small.
 * **A prefix common to all prompts is prefilled once** (a chat template's system turn, few-shot
   examples, a search node's question).
@@ -421,7 +423,7 @@ class HFPolicy(Policy):
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
                  max_batch_size: int = 64, prefill_rows: int | None = None, model=None, tokenizer=None,
-                 threads: int | None = None, pack_weights: bool = True):
+                 threads: int | None = None, pack_weights: bool = True, shared_prompt_kv: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(path)).name
@@ -431,6 +433,8 @@ class HFPolicy(Policy):
         self.max_batch_size = max_batch_size
         # Decode steps on a CPU multiply the large matrices through oneDNN-prepacked copies (``packed_linears``).
         self.pack_weights = pack_weights
+        # Decode steps on a CPU read each prompt's keys/values once for all its samples (``shared_prompt``).
+        self.shared_prompt_kv = shared_prompt_kv
         # Prompts prefilled together (see ``prefill``): small buckets on a CPU, one batch on a GPU.
         self.prefill_rows = prefill_rows or (8 if self.device.type == "cpu" else max_batch_size)
         if threads:
@@ -507,16 +511,25 @@ class HFPolicy(Policy):
         max_new = sampling.max_new_tokens
         if max_pos is not None and plen + max_new > max_pos:
             max_new = max(1, max_pos - plen)
+        from reasonlab.policies import shared_prompt
+
         # Left padding: every row's last prompt token sits in the same column.
         cache, logits, mask, pos = prefill(self.model, prompts, self.pad_id, self.prefill_rows)
-        if n > 1:  # prefill once per distinct prompt, then fan out
+        shared = self.shared_prompt_kv and dev.type == "cpu" and shared_prompt.supported(self.model) \
+            and all(hasattr(layer, "reserve") for layer in cache.layers)
+        if shared:
+            # Each prompt's keys/values stay one row per prompt; its n samples read them together.
+            cache = shared_prompt.SharedPromptCache.from_prefill(self.model.config, cache, mask, n, max_new)
+        elif n > 1:  # prefill once per distinct prompt, then fan out
             cache.batch_repeat_interleave(n)
-            logits = logits.repeat_interleave(n, 0)
             mask = mask.repeat_interleave(n, 0)
+        if n > 1:
+            logits = logits.repeat_interleave(n, 0)
             pos = pos.repeat_interleave(n, 0)
-        for layer in cache.layers:   # room for every new token, so decode steps append in place
-            if hasattr(layer, "reserve"):
-                layer.reserve(max_new)
+        if not shared:
+            for layer in cache.layers:   # room for every new token, so decode steps append in place
+                if hasattr(layer, "reserve"):
+                    layer.reserve(max_new)
         rows = u * n
         cur_pos = pos[:, -1]
         live = list(range(rows))      # original row of each batch row; -1 once it has finished
@@ -544,17 +557,25 @@ class HFPolicy(Policy):
             if not alive or step == max_new - 1:
                 break
             tok_in = tok[:, None]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            if not shared:
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             cur_pos = cur_pos + 1
             # Finished rows leave the batch once they are an eighth of it: compaction copies the
             # cache, so doing it for every single finished row would cost more than it saves.
             if (len(live) - len(alive)) * 8 >= len(live):
                 sel = torch.tensor(alive, device=dev)
                 cache.batch_select_indices(sel)
-                tok_in, mask, cur_pos = tok_in[sel], mask[sel], cur_pos[sel]
+                tok_in, cur_pos = tok_in[sel], cur_pos[sel]
+                if not shared:
+                    mask = mask[sel]
                 live = [live[b] for b in alive]
-            logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1]
+            if shared:
+                with shared_prompt.decoding_with(self.model, cache):
+                    logits = self.model(input_ids=tok_in, position_ids=cur_pos[:, None], past_key_values=cache,
+                                        use_cache=True).logits[:, -1]
+            else:
+                logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
+                                    past_key_values=cache, use_cache=True).logits[:, -1]
         return self._finish(prompts, n, toks, lps, finish, stop_cut, stops)
 
     def _finish(self, prompts, n, toks, lps, finish, stop_cut, stops) -> list[Completion]:
