@@ -48,7 +48,11 @@ def tiny_preset(budgets: list[int]) -> dict[str, Any]:
         options[f"beam@{b}"] = {"beams": max(2, width - width % 2), "width": 2}
         options[f"rebase@{b}"] = {"width": width}
         options[f"mcts@{b}"] = {"iterations": max(2, b // 32), "expand_k": 2}
-        options[f"revise@{b}"] = {"rounds": max(1, b // max_new)}
+        # tiny's context is 256 characters and each revision round appends ~110 (the attempt and the
+        # reflection), so a chain holds at most 3 attempts; a larger budget runs more chains side by side.
+        attempts = max(1, b // max_new)
+        rounds = min(attempts, 3)
+        options[f"revise@{b}"] = {"rounds": rounds, "chains": max(1, attempts // rounds)}
     return {"model": "tiny", "task": "arith", "task_options": "", "max_new_tokens": max_new, "separator": "\\n",
             "max_step_tokens": 16, "max_steps": 6, "options": options,
             "scorer": f"bon=confidence,beam={ROLLOUT},rebase={ROLLOUT},mcts={ROLLOUT},*=confidence",

@@ -355,6 +355,17 @@ def test_revision_best_pick_skips_an_attempt_cut_off_by_the_budget():
     assert res.text.endswith("equal parts")
 
 
+def test_revision_majority_counts_only_finished_attempts():
+    # Attempts cut off at max_new_tokens read "answer: 10" (of "answer: 1000"): five (or, among the chains'
+    # last attempts, two) such made-up votes must not outvote the one finished attempt.
+    for pick in ("majority", "last"):
+        script = iter(["answer: 1000"] * 3 + ["answer: 7", "answer: 1000", "answer: 1000"])
+        policy = ScriptPolicy(lambda sofar, i: next(script))
+        res = make_strategy("revise", rounds=2, chains=3, pick=pick, max_new_tokens=10).search(EX, policy, FracTask())
+        assert [n.meta.get("end") for n in res.tree.nodes[1:]] == ["length"] * 3 + ["stop", "length", "length"]
+        assert res.key == 7, pick
+
+
 def test_greedy_is_one_temperature_zero_sample():
     policy = fixed(["answer: 1/2"])
     res = make_strategy("greedy", max_new_tokens=32).search(EX, policy, FracTask())

@@ -34,6 +34,7 @@ from reasonlab.search.base import (
     add_solutions,
     pick_majority,
     pick_whole,
+    whole_indices,
 )
 
 REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
@@ -103,12 +104,16 @@ class Revision(Strategy):
         if cfg.pick in ("vote", "best"):
             for c, s in zip(attempts, ctx.score(attempts)):
                 ctx.tree[c.node].score = s
+        # Every pick counts only finished attempts (unless none finished), as self-consistency's vote does:
+        # an attempt cut off by max_new_tokens or the budget may hold a truncated answer.
         if cfg.pick == "last":
             lasts = [c for c in attempts if not ctx.tree.children(c.node)]
+            lasts = [lasts[i] for i in whole_indices(ctx.tree, lasts)]
             return lasts[pick_majority(lasts)].node, attempts
         if cfg.pick == "majority":  # the most revised attempt with the winning answer
-            i = pick_majority(attempts[::-1])
-            return attempts[len(attempts) - 1 - i].node, attempts
+            whole = [attempts[i] for i in whole_indices(ctx.tree, attempts)]
+            i = pick_majority(whole[::-1])
+            return whole[len(whole) - 1 - i].node, attempts
         return attempts[pick_whole(ctx.tree, attempts, cfg.pick)].node, attempts
 
     def _reviews(self, ctx: SearchContext, heads: list[Candidate], prompts: list[str]) -> list[str]:
