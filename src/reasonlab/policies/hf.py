@@ -33,6 +33,7 @@ Run ``python benchmarks/generation.py`` to compare with ``model.generate`` and l
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Sequence
@@ -518,18 +519,19 @@ class HFPolicy(Policy):
         shared = self.shared_prompt_kv and dev.type == "cpu" and shared_prompt.supported(self.model) \
             and all(hasattr(layer, "reserve") for layer in cache.layers)
         if shared:
-            # Each prompt's keys/values stay one row per prompt; its n samples read them together.
+            # Each prompt's keys/values stay one row per prompt; its n samples read them together. The
+            # cache holds each prompt's padding itself, so the decode steps take no attention mask.
             cache = shared_prompt.SharedPromptCache.from_prefill(self.model.config, cache, mask, n, max_new)
+            mask = None
         elif n > 1:  # prefill once per distinct prompt, then fan out
             cache.batch_repeat_interleave(n)
             mask = mask.repeat_interleave(n, 0)
         if n > 1:
             logits = logits.repeat_interleave(n, 0)
             pos = pos.repeat_interleave(n, 0)
-        if not shared:
-            for layer in cache.layers:   # room for every new token, so decode steps append in place
-                if hasattr(layer, "reserve"):
-                    layer.reserve(max_new)
+        for layer in cache.layers:   # room for every new token, so decode steps append in place
+            if hasattr(layer, "reserve"):
+                layer.reserve(max_new)
         rows = u * n
         cur_pos = pos[:, -1]
         live = list(range(rows))      # original row of each batch row; -1 once it has finished
@@ -557,7 +559,7 @@ class HFPolicy(Policy):
             if not alive or step == max_new - 1:
                 break
             tok_in = tok[:, None]
-            if not shared:
+            if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             cur_pos = cur_pos + 1
             # Finished rows leave the batch once they are an eighth of it: compaction copies the
@@ -566,14 +568,10 @@ class HFPolicy(Policy):
                 sel = torch.tensor(alive, device=dev)
                 cache.batch_select_indices(sel)
                 tok_in, cur_pos = tok_in[sel], cur_pos[sel]
-                if not shared:
+                if mask is not None:
                     mask = mask[sel]
                 live = [live[b] for b in alive]
-            if shared:
-                with shared_prompt.decoding_with(self.model, cache):
-                    logits = self.model(input_ids=tok_in, position_ids=cur_pos[:, None], past_key_values=cache,
-                                        use_cache=True).logits[:, -1]
-            else:
+            with shared_prompt.decoding_with(self.model, cache) if shared else contextlib.nullcontext():
                 logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
                                     past_key_values=cache, use_cache=True).logits[:, -1]
         return self._finish(prompts, n, toks, lps, finish, stop_cut, stops)

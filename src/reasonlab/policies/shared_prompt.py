@@ -50,7 +50,7 @@ class SharedPromptLayer(DynamicLayer):
         super().__init__()
         self.dtype, self.device, self.is_initialized = prompt_keys.dtype, prompt_keys.device, True
         self.prompt_keys, self.prompt_values = prompt_keys, prompt_values           # (U, H, P, D)
-        u, h, _, d = prompt_keys.shape
+        _, h, _, d = prompt_keys.shape
         self.gen_keys = prompt_keys.new_zeros((rows, h, room, d))                   # (B, H, room, D)
         self.gen_values = prompt_values.new_zeros((rows, h, room, d))
         self.t = 0
@@ -90,10 +90,9 @@ class SharedPromptCache(DynamicCache):
         super().__init__(config=config)
         u = prompt_mask.shape[0]
         self.layers = [SharedPromptLayer(k, v, u * n, room) for k, v in prompt_kv]
-        dtype = prompt_kv[0][0].dtype
-        self.bias = torch.zeros(prompt_mask.shape, dtype=dtype, device=prompt_mask.device).masked_fill_(
+        dtype, dev = prompt_kv[0][0].dtype, prompt_mask.device
+        self.bias = torch.zeros(prompt_mask.shape, dtype=dtype, device=dev).masked_fill_(
             prompt_mask == 0, float("-inf"))[:, None, None, :]
-        dev = prompt_mask.device
         self._set_groups(torch.arange(u, device=dev).repeat_interleave(n))
 
     @classmethod
