@@ -94,7 +94,8 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path):
     (GRPOConfig, None, {"advantage": "reinforce_pp_baseline"}),
     (GRPOConfig, None, {"advantage": "drgrpo", "loss_agg": "seq_mean_token_sum_norm", "ratio": "sequence",
                         "mu": 2, "eps_high": 0.28, "dual_clip": 3.0, "beta": 0.05, "entropy_coef": 0.001,
-                        "dynamic_sampling": True, "overlong_filter": True, "overlong_buffer": 8}),
+                        "dynamic_sampling": True, "overlong_filter": True, "overlong_buffer": 8,
+                        "rollout_batch_size": 8}),  # a step's 16 rollouts decoded in two chunks
     (PPOConfig, PPOTrainer, {"beta": 0.02, "kl_target": 0.05}),
 ])
 def test_variants_run_and_update_the_weights(tmp_path, cfg_cls, trainer_cls, extra):
@@ -104,6 +105,7 @@ def test_variants_run_and_update_the_weights(tmp_path, cfg_cls, trainer_cls, ext
     cfg = cfg_cls(**opts)
     tr = (trainer_cls or Trainer)(cfg, task=small_task())
     before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    assert tr.policy.max_batch_size == cfg.rollout_batch_size
     recs = [tr.step() for _ in range(2)]
     changed = sum(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
     assert changed > 0
@@ -127,6 +129,8 @@ def test_bad_settings_are_refused():
         GRPOConfig(advantage="ppo2")
     with pytest.raises(ValueError, match="loss_agg"):
         GRPOConfig(loss_agg="sum")
+    with pytest.raises(ValueError, match="rollout_batch_size"):
+        GRPOConfig(rollout_batch_size=0)
     with pytest.raises(ValueError, match="rloo needs"):
         RLOOConfig(group_size=1)
     with pytest.raises(UsageError, match="unknown reward"):

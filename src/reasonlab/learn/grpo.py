@@ -119,6 +119,10 @@ class GRPOConfig:
     and save as at the end; 0: no limit."""
     micro_batch_size: int = 32
     """Completions per forward/backward pass; gradients accumulate over the batch."""
+    rollout_batch_size: int = 512
+    """Most completions the sampler decodes together (a step's rollouts go in chunks of this many rows): larger
+    chunks spread each decode step's fixed cost over more rows (tiny, 32 prompts x 8 on one core: 1.7 s a step
+    as one 256-row chunk, 2.4 s in 64-row chunks) at the price of KV-cache memory."""
     lr: float = 1e-5
     """Peak learning rate of AdamW."""
     lr_schedule: str = "constant"
@@ -185,8 +189,8 @@ class GRPOConfig:
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "mu", "log_every",
-                     "max_sampling_rounds", "eval_limit", "nproc"):
+        for name in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch_size", "rollout_batch_size", "mu",
+                     "log_every", "max_sampling_rounds", "eval_limit", "nproc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_minutes", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
@@ -283,7 +287,8 @@ class Trainer:
         self.tokenizer = tokenizer
         # The policy shares the trained model: rollouts always come from the current weights.
         self.policy = HFPolicy(cfg.model, model=self.model, tokenizer=tokenizer, device=str(self.device),
-                               dtype="float32" if self.amp_dtype == torch.float32 else cfg.dtype)
+                               dtype="float32" if self.amp_dtype == torch.float32 else cfg.dtype,
+                               max_batch_size=cfg.rollout_batch_size)
         self.train_examples = self.task.examples(cfg.train_split)
         if not self.train_examples:
             raise UsageError(f"task {cfg.task!r} has no examples in split {cfg.train_split!r}")
