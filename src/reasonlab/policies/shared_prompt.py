@@ -54,7 +54,11 @@ class SharedPromptLayer(DynamicLayer):
         self.gen_keys = prompt_keys.new_zeros((rows, h, room, d))                   # (B, H, room, D)
         self.gen_values = prompt_values.new_zeros((rows, h, room, d))
         self.t = 0
-        self.keys, self.values = self.gen_keys[:, :, :0], self.gen_values[:, :, :0]
+        self._expose()
+
+    def _expose(self) -> None:
+        """``keys``/``values``: the generated tokens written so far (what ``update`` returns)."""
+        self.keys, self.values = self.gen_keys[:, :, :self.t], self.gen_values[:, :, :self.t]
 
     def update(self, key_states, value_states, *args, **kwargs):
         n = key_states.shape[-2]
@@ -63,7 +67,7 @@ class SharedPromptLayer(DynamicLayer):
         self.gen_keys[:, :, self.t:self.t + n] = key_states
         self.gen_values[:, :, self.t:self.t + n] = value_states
         self.t += n
-        self.keys, self.values = self.gen_keys[:, :, :self.t], self.gen_values[:, :, :self.t]
+        self._expose()
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -71,7 +75,7 @@ class SharedPromptLayer(DynamicLayer):
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
         self.gen_keys, self.gen_values = self.gen_keys.index_select(0, rows), self.gen_values.index_select(0, rows)
-        self.keys, self.values = self.gen_keys[:, :, :self.t], self.gen_values[:, :, :self.t]
+        self._expose()
         if prompts is not None:
             self.prompt_keys = self.prompt_keys.index_select(0, prompts)
             self.prompt_values = self.prompt_values.index_select(0, prompts)
@@ -96,7 +100,7 @@ class SharedPromptCache(DynamicCache):
         self._set_groups(torch.arange(u, device=dev).repeat_interleave(n))
 
     @classmethod
-    def from_prefill(cls, config, cache, prompt_mask: torch.Tensor, n: int, room: int) -> "SharedPromptCache":
+    def from_prefill(cls, config, cache, prompt_mask: torch.Tensor, n: int, room: int) -> SharedPromptCache:
         """From ``hf.prefill``'s cache (one row per prompt) and its ``(U, P)`` mask."""
         return cls(config, [(layer.keys, layer.values) for layer in cache.layers], prompt_mask, n, room)
 
@@ -128,7 +132,7 @@ class SharedPromptCache(DynamicCache):
     # -- moving query-shaped tensors between batch rows and per-prompt groups ------------------
     def to_groups(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, R, F)`` per row -> ``(U, H, width * R, F)`` per prompt (missing rows are zeros)."""
-        b, h, r, f = x.shape
+        _, h, r, f = x.shape
         if self.regular:
             g = x.view(self.n_prompts, self.width, h, r, f)
         else:

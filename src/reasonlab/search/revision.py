@@ -32,9 +32,7 @@ from reasonlab.search.base import (
     SearchContext,
     Strategy,
     add_solutions,
-    pick_majority,
     pick_whole,
-    whole_indices,
 )
 
 REFLECTION = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
@@ -108,12 +106,10 @@ class Revision(Strategy):
         # an attempt cut off by max_new_tokens or the budget may hold a truncated answer.
         if cfg.pick == "last":
             lasts = [c for c in attempts if not ctx.tree.children(c.node)]
-            lasts = [lasts[i] for i in whole_indices(ctx.tree, lasts)]
-            return lasts[pick_majority(lasts)].node, attempts
-        if cfg.pick == "majority":  # the most revised attempt with the winning answer
-            whole = [attempts[i] for i in whole_indices(ctx.tree, attempts)]
-            i = pick_majority(whole[::-1])
-            return whole[len(whole) - 1 - i].node, attempts
+            return lasts[pick_whole(ctx.tree, lasts, "majority")].node, attempts
+        if cfg.pick == "majority":  # the most revised attempt with the winning answer: newest first
+            newest_first = attempts[::-1]
+            return newest_first[pick_whole(ctx.tree, newest_first, "majority")].node, attempts
         return attempts[pick_whole(ctx.tree, attempts, cfg.pick)].node, attempts
 
     def _reviews(self, ctx: SearchContext, heads: list[Candidate], prompts: list[str]) -> list[str]:
