@@ -8,10 +8,11 @@ accuracy is measured with the transformers backend and written beside the weight
 The target is a held-out greedy accuracy between 30% and 80%, so that search and RL have room to
 show gains. Learning is sudden here (carries are picked up between steps 600 and 1000, when the
 loss falls from 0.2 to 0.07), so rather than guess a step count, the run saves a checkpoint every
-250 steps, measures each one's held-out greedy accuracy, and ships the *latest* checkpoint whose
+250 steps (``--save-every``), measures each one's held-out greedy accuracy, and ships the *latest* checkpoint whose
 accuracy lies in the band (the best-trained model that still leaves room). Training is seeded and
-deterministic on a CPU, so the same command gives the same model. Run (about 30 minutes on one
-CPU core)::
+deterministic on a CPU: two runs of the same code give bit-identical weights. The shipped checkpoint
+came from the first version of the SFT loop, whose path the current one does not retrace (BENCHMARKS.md,
+"A weaker starting checkpoint"). Run (about 30 minutes on one CPU core)::
 
     python scripts/train_tiny.py            # writes src/reasonlab/assets/tiny/
     python scripts/train_tiny.py --steps 600 --out /tmp/tiny   # a quick experiment elsewhere
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ASSET_DIR), help="where the finished checkpoint goes")
     ap.add_argument("--run-dir", default="runs/train-tiny", help="SFT run directory (checkpoints, metrics)")
     ap.add_argument("--eval-limit", type=int, default=500)
+    ap.add_argument("--save-every", type=int, default=250, help="checkpoint (and later measure) every N steps")
     ap.add_argument("--select-only", action="store_true",
                     help="skip training: measure the checkpoints already in --run-dir and ship from them")
     ap.add_argument("--band", default="0.3,0.8", help="held-out greedy accuracy band to ship from")
@@ -70,7 +72,7 @@ def main() -> None:
     rows = task.sft_rows()
     cfg = SFTConfig(model="tiny", out=args.run_dir, max_steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, warmup_steps=50, lr_schedule="cosine", weight_decay=0.01, max_seq_len=128,
-                    save_every=250, keep_last=0, log_every=50, seed=args.seed)
+                    save_every=args.save_every, keep_last=0, log_every=50, seed=args.seed)
     if not args.select_only:
         train(cfg, rows, model=model, tokenizer=tok)
 

@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from reasonlab.evaluation.metrics import ks_for, maj_at_k, majority, pass_at_k
+from reasonlab.evaluation.metrics import ks_for, maj_at_k, majority, pass_at_k, voting_keys
 
 
 def brute_pass_at_k(outcomes: list[bool], k: int) -> float:
@@ -50,7 +50,33 @@ def test_maj_at_k_uses_first_k_samples():
     assert maj_at_k([None, None], [False, False], 2) is False
 
 
+def test_cut_off_samples_vote_only_when_none_finished():
+    # Two samples cut off at "answer: 10" (of 1000) outvote one finished 1000 unless cut-off samples stand aside.
+    keys, correct = ["10", "10", "1000"], [False, False, True]
+    assert maj_at_k(keys, correct, 3) is False                              # every sample votes
+    assert maj_at_k(keys, correct, 3, [False, False, True]) is True         # only the finished one votes
+    assert maj_at_k(keys, correct, 2, [False, False, True]) is False        # none of the first 2 finished: all vote
+    assert voting_keys(keys, [False, False, True]) == [None, None, "1000"]
+    assert voting_keys(keys, [False, False, False]) == keys
+    assert voting_keys(keys, None) == keys
+
+
 def test_ks_for():
     assert ks_for(1) == [1]
     assert ks_for(8) == [1, 2, 4, 8]
     assert ks_for(6) == [1, 2, 4, 6]
+
+
+def test_summary_maj_at_k_leaves_out_cut_off_samples():
+    from reasonlab.evaluation.harness import summarize
+
+    def comp(status, finish):
+        return {"status": status, "finish_reason": finish, "completion_tokens": 4, "prompt_tokens": 3}
+
+    # Two cut-off samples agree on a wrong "10"; the one finished sample says the right "1000".
+    rec = {"answer_keys": ["10", "10", "1000"],
+           "completions": [comp("wrong", "length"), comp("wrong", "length"), comp("ok", "stop")]}
+    summary = summarize([rec], 3, 1.0, 1.0)
+    assert summary["maj@3"] == 1.0
+    assert summary["maj@2"] == 0.0  # neither of the first two finished, so both vote
+    assert summary["truncated_fraction"] == 2 / 3

@@ -28,7 +28,7 @@ from typing import Any
 
 from reasonlab import config as config_lib
 from reasonlab.errors import UsageError
-from reasonlab.evaluation.metrics import ks_for, maj_at_k, majority, pass_at_k
+from reasonlab.evaluation.metrics import ks_for, maj_at_k, majority, pass_at_k, voting_keys
 from reasonlab.types import SamplingParams, Status
 
 #: The default task: a reasoning-gym arithmetic task the built-in smollm2 partly solves (see
@@ -128,7 +128,8 @@ def _check_resumable(out: Path, cfg: EvalConfig) -> None:
 def example_record(example, completions, results, task) -> dict[str, Any]:
     keys = [task.answer_key(r.extracted) for r in results]
     correct = [r.correct for r in results]
-    maj_key, maj_count = majority(keys)
+    finished = [c.finish_reason != "length" for c in completions]
+    maj_key, maj_count = majority(voting_keys(keys, finished))
     # Show the winning answer as the model wrote it (its first occurrence), not its vote key.
     maj_text = next((r.extracted for r, k in zip(results, keys) if k == maj_key), None) if maj_key is not None else None
     return {
@@ -142,7 +143,7 @@ def example_record(example, completions, results, task) -> dict[str, Any]:
         "n_correct": sum(correct),
         "majority_answer": maj_text,
         "majority_count": maj_count,
-        "majority_correct": maj_at_k(keys, correct, len(keys)),
+        "majority_correct": maj_at_k(keys, correct, len(keys), finished),
         "answer_keys": [None if k is None else str(k) for k in keys],
     }
 
@@ -154,10 +155,11 @@ def summarize(records: list[dict[str, Any]], n: int, gen_seconds: float, wall_se
     if m == 0:
         return summary | {"accuracy": None}
     correct = [[c["status"] == Status.OK.value for c in r["completions"]] for r in records]
+    finished = [[c["finish_reason"] != "length" for c in r["completions"]] for r in records]
     summary["accuracy"] = sum(sum(c) / len(c) for c in correct) / m
     for k in ks_for(n):
         summary[f"pass@{k}"] = sum(pass_at_k(len(c), sum(c), k) for c in correct) / m
-        summary[f"maj@{k}"] = sum(maj_at_k(r["answer_keys"], c, k) for r, c in zip(records, correct)) / m
+        summary[f"maj@{k}"] = sum(maj_at_k(r["answer_keys"], c, k, f) for r, c, f in zip(records, correct, finished)) / m
     statuses: dict[str, int] = {}
     for r in records:
         for c in r["completions"]:

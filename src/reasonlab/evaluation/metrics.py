@@ -6,7 +6,9 @@ without replacement is correct is ``1 - C(n-c, k) / C(n, k)``, computed as a sta
 
 maj@k takes the answer most of the first ``k`` samples agree on (answers grouped by a key in which
 equivalent answers coincide, e.g. ``1/2`` and ``0.5``); ties go to the answer seen first; samples
-with no answer do not vote. It is correct when a sample carrying the winning answer is correct.
+with no answer do not vote, and neither do samples cut off by the token limit unless none of the ``k``
+finished (a cut-off "answer: 10" may be the start of "answer: 1000"; search's self-consistency votes
+the same way). It is correct when a sample carrying the winning answer is correct.
 """
 
 from __future__ import annotations
@@ -40,9 +42,19 @@ def majority(keys: Sequence[Hashable | None]) -> tuple[Hashable | None, int]:
     raise AssertionError("unreachable")
 
 
-def maj_at_k(keys: Sequence[Hashable | None], correct: Sequence[bool], k: int) -> bool:
-    """Whether the majority answer of the first ``k`` samples is correct."""
-    keys, correct = list(keys[:k]), list(correct[:k])
+def voting_keys(keys: Sequence[Hashable | None], finished: Sequence[bool] | None) -> list[Hashable | None]:
+    """``keys`` with those of unfinished samples blanked out, unless no sample finished (then all vote)."""
+    if finished is None or not any(finished) or all(finished):
+        return list(keys)
+    return [k if f else None for k, f in zip(keys, finished)]
+
+
+def maj_at_k(keys: Sequence[Hashable | None], correct: Sequence[bool], k: int,
+             finished: Sequence[bool] | None = None) -> bool:
+    """Whether the majority answer of the first ``k`` samples is correct; ``finished[i]`` says whether
+    sample ``i`` ended on its own (not cut off by the token limit), see the module docstring."""
+    keys = voting_keys(keys[:k], None if finished is None else finished[:k])
+    correct = list(correct[:k])
     winner, _ = majority(keys)
     if winner is None:
         return False
