@@ -1,12 +1,14 @@
 """Reward-hacking probes against every rule-based verifier: what does each one let through?
 
 Builds the red-team probe set of ``reasonlab.rewards.probes`` for GSM8K test problems, MATH-style
-problems (non-integer answers: fractions, radicals, polynomials, negatives) and the built-in
-``arith`` task, and runs these verifiers on them:
+problems (non-integer answers: fractions, radicals, polynomials, negatives), the built-in ``arith``
+task and the default ``reasonlab eval`` task (reasoning-gym ``basic_arithmetic``, scored by its own
+``score_answer``, the smollm2 RL recipe's reward), and runs these verifiers on them:
 
 - ``math``: :class:`~reasonlab.rewards.math.MathVerifier` (answer extraction + math-verify);
-- ``gsm8k.score`` / ``arith.score``: the tasks' own scorers (what ``reasonlab eval`` and the RL
-  trainers use);
+- ``gsm8k.score`` / ``arith.score`` / ``rg.score``: the tasks' own scorers (what ``reasonlab eval``
+  uses; ``rg.score.strict`` is the reasoning-gym task after ``use_strict_verifier()``, what the RL
+  trainers reward with);
 - ``math+format``: the math verifier gated by a strict ``<think>``/``<answer>`` format check
   (levels format -> answer of ``combinators.hierarchical_of``: format weight 0, so the reward is 1
   only for a well-formed, correct completion);
@@ -29,7 +31,7 @@ The markdown tables go to stdout; ``--out`` also writes the full JSON (every out
 
 Run::
 
-    python benchmarks/hacking_probes.py                       # 5 GSM8K + 4 MATH-style + 5 arith problems
+    python benchmarks/hacking_probes.py                       # 5 GSM8K + 4 MATH-style + 5 arith + 5 rg problems
     python benchmarks/hacking_probes.py --gsm8k 20 --arith 20 --out probes.json
     python benchmarks/hacking_probes.py --gsm8k 0 --no-math-style --arith 20 \
         --reward-model orm=runs/bench-reward-models/tiny-arith/train-orm/final      # + learned models
@@ -181,6 +183,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gsm8k", type=int, default=5, help="GSM8K test problems to probe (0 to skip)")
     ap.add_argument("--arith", type=int, default=5, help="arith test problems to probe (0 to skip)")
+    ap.add_argument("--rg", type=int, default=5,
+                    help="problems of the default eval task (reasoning-gym basic_arithmetic) to probe (0 to skip)")
     ap.add_argument("--no-math-style", action="store_true", help="skip the MATH-style problems")
     ap.add_argument("--max-length", type=int, default=2048, help="L_max of the overlong punishment, in tokens")
     ap.add_argument("--cache-length", type=int, default=512, help="L_cache of the overlong punishment, in tokens")
@@ -254,6 +258,20 @@ def main() -> int:
                 reports[f"arith ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
             finally:
                 task.close()
+        if args.rg:
+            from reasonlab.evaluation.harness import DEFAULT_TASK, DEFAULT_TASK_OPTIONS
+
+            lenient_task = load_task(DEFAULT_TASK, **DEFAULT_TASK_OPTIONS)
+            strict_task = load_task(DEFAULT_TASK, **DEFAULT_TASK_OPTIONS)
+            strict_task.use_strict_verifier()
+            examples = lenient_task.examples("test", limit=args.rg)
+            rg_strict = cached(strict_task.score)
+            verifiers = {"rg.score": cached(lenient_task.score), "rg.score.strict": rg_strict,
+                         "rg.score.strict+format": levelled(rg_strict, reasoning_format_ok, None, args.max_length,
+                                                            args.cache_length)}
+            checks = {"rg.score": ("answer",), "rg.score.strict": ("answer",),
+                      "rg.score.strict+format": ("answer", "format")}
+            reports[f"{DEFAULT_TASK} ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
         if strict_mv:
             strict_mv.close()
     learned_table, learned = "", []

@@ -318,6 +318,34 @@ def test_reasoning_gym_scores_with_the_dataset_scorer(rg_task):
         rg_task.examples("validation")
 
 
+def test_reasoning_gym_strict_scoring_for_rewards():
+    from reasonlab.tasks.rg import ReasoningGymTask
+
+    lenient = ReasoningGymTask("basic_arithmetic", size=5, seed=7, config={"max_terms": 2})
+    strict = ReasoningGymTask("basic_arithmetic", size=5, seed=7, config={"max_terms": 2}, verifier={"strict": True})
+    assert not lenient.strict and strict.strict
+    e = lenient.examples("test", limit=1)[0]
+    g = e.answer
+    # reasoning-gym's generic scorer pays len(gold)/len(answer) for an answer that contains the gold.
+    appended = lenient.score(e, f"The answer is {g}0.")
+    assert appended.status is Status.WRONG and appended.value == pytest.approx(len(g) / (len(g) + 1))
+    assert strict.score(e, f"The answer is {g}0.").value == 0.0
+    candidates = "The answer is " + ", ".join(str(int(g) + d) for d in range(-3, 4)) + "."
+    assert lenient.score(e, candidates).value > 0 and strict.score(e, candidates).value == 0.0
+    hedges = [f"The answer is {int(g) + 1}. The answer is {g}.",   # the last answer wins, leniently
+              f"I think 3, 4, or {g}",                               # the last-number fallback
+              f"\\boxed{{\\neg {g}}}"]                               # a self-negating answer
+    for text in hedges:
+        assert strict.score(e, text).value == 0.0, text
+    assert lenient.score(e, hedges[0]).status is Status.OK and lenient.score(e, hedges[1]).status is Status.OK
+    # Honest answers, and a number equal to the gold that the generic scorer compares as a string.
+    for text in (f"The answer is {g}.", f"\\boxed{{{g}}}", f"<answer>{g}.0</answer>"):
+        r = strict.score(e, text)
+        assert r.status is Status.OK and r.value == 1.0, text
+    lenient.use_strict_verifier()  # what the RL trainers do
+    assert lenient.strict and lenient.score(e, hedges[0]).value == 0.0
+
+
 def test_reasoning_gym_errors():
     from reasonlab.tasks.rg import ReasoningGymTask
 

@@ -34,7 +34,7 @@ from reasonlab.rewards.extract import extract_answer
 from reasonlab.rewards.workers import Outcome, WorkerPool
 from reasonlab.types import RewardResult
 
-__all__ = ["MathVerifierConfig", "MathVerifier", "answer_key", "parse_number"]
+__all__ = ["MathVerifierConfig", "MathVerifier", "answer_key", "parse_number", "strict_prediction"]
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ def _prose_words(s: str) -> set[str]:
     return {w.lower() for w in re.findall(r"[A-Za-z]{4,}", s)}
 
 
-def _strict_prediction(gold: str, pred: str) -> tuple[str | None, RewardResult | None]:
+def strict_prediction(gold: str, pred: str) -> tuple[str | None, RewardResult | None]:
     """Strict mode: ``(prediction to compare, None)``, or ``(None, the verdict)`` when it is refused."""
     if _SELF_NEGATING.search(pred) and not _SELF_NEGATING.search(gold):
         return None, RewardResult.unparsable(f"the answer negates, strikes out or hides part of itself: {pred[:80]!r}")
@@ -320,7 +320,7 @@ class MathVerifier:
                 continue
             gold, pred = _strip_math_delimiters(gold), _strip_math_delimiters(pred)
             if strict:
-                pred, refused = _strict_prediction(gold, pred)  # type: ignore[assignment]
+                pred, refused = strict_prediction(gold, pred)  # type: ignore[assignment]
                 if refused is not None:
                     results[i] = refused
                     continue

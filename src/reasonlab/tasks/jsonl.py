@@ -234,6 +234,11 @@ class AnswerTask(Task):
                 self._verifier = None
 
     @property
+    def strict(self) -> bool:
+        """Whether answers are scored strictly (rewards) rather than leniently (evaluation)."""
+        return bool(self._verifier_config is not None and self._verifier_config.strict)
+
+    @property
     def verifier(self) -> "MathVerifier":
         if self._verifier is None:  # created on first use: it may start a worker pool
             from reasonlab.rewards.math import MathVerifier, MathVerifierConfig

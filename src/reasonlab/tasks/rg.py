@@ -10,6 +10,17 @@ the generated questions in one of the ``tasks.prompts`` formats, extracts the fi
 - ``UNPARSABLE`` (value 0.0) when no answer can be read from the completion;
 - ``ERROR`` (value ``None``) when the dataset's scorer raises.
 
+Answers are read leniently by default, for evaluation (the last stated answer wins; for a numeric gold,
+the last number in the text if no answer is stated). Rewards must not be gameable, so RL trainers call
+:meth:`use_strict_verifier` (or the task option ``verifier: {strict: true}`` asks for it): the answer is
+then read with ``extract_answer(strict=True)`` (answers that disagree, nested boxes and the like give
+none; no last-number fallback), and an answer that hedges, negates itself or is prose where the gold is
+a number (``rewards.math.strict_prediction``, for numeric golds) is refused before the dataset's scorer sees it.
+Strict scoring also drops the partial credit of reasoning-gym's generic scorer, which pays
+``len(gold) / len(answer)`` for any answer that merely contains the gold ("380" for 38, a list of
+candidates), and accepts a number equal to the gold ("38.0"), which that scorer compares as a string.
+Datasets with a scorer of their own keep their partial credit.
+
 Splits: ``test`` is the dataset generated with ``seed``; ``train`` is generated with
 ``seed + TRAIN_SEED_OFFSET`` (reasoning-gym derives item ``i`` from ``seed + i``, so the two ranges
 of generator seeds never meet), and train items whose question also appears in the test split are
@@ -71,8 +82,9 @@ class ReasoningGymTask(AnswerTask):
         seed: int = 0,
         prompt_format: str = "chat",
         num_fewshot: int = 4,
+        verifier: Any = None,
     ):
-        super().__init__(prompt_format, num_fewshot)
+        super().__init__(prompt_format, num_fewshot, verifier)
         cfg = _parse_config(name, config)
         self.size = int(cfg.pop("size", size))
         self.seed = int(cfg.pop("seed", seed))
@@ -140,9 +152,21 @@ class ReasoningGymTask(AnswerTask):
         if entry is None:
             raise UsageError(f"example {example.id} carries no reasoning-gym entry to score against")
         gold = as_text(entry["answer"]) if entry.get("answer") is not None else ""
-        # The last-number fallback only makes sense when the gold answer is a number; for a word or a
-        # list it would turn "no answer given" into a wrong answer.
-        extracted = extract_answer(completion, last_number_fallback=_is_number(gold))
+        if self.strict:
+            extracted = extract_answer(completion, strict=True)
+            if extracted is None or not extracted.strip():
+                return RewardResult.unparsable("no unambiguous answer found in the completion")
+            if _is_number(gold):  # its refusals (prose, "19 = 18", "\\neg 5") are about numeric answers
+                from reasonlab.rewards.math import strict_prediction
+
+                checked, refused = strict_prediction(gold, extracted.strip())
+                if refused is not None:
+                    return refused
+                extracted = checked
+        else:
+            # The last-number fallback only makes sense when the gold answer is a number; for a word or a
+            # list it would turn "no answer given" into a wrong answer.
+            extracted = extract_answer(completion, last_number_fallback=_is_number(gold))
         if extracted is None:
             return RewardResult.unparsable("no answer found in the completion")
         ds = self.dataset(example.meta.get("split", "test"))
@@ -150,8 +174,16 @@ class ReasoningGymTask(AnswerTask):
             value = float(ds.score_answer(answer=extracted, entry=entry))
         except Exception as e:  # a scorer bug on odd input is reported, never turned into a 0
             return RewardResult.error(f"{self.dataset_name}.score_answer raised {type(e).__name__}: {e}", extracted)
+        details = f"reasoning-gym score {value:g}"
+        if self.strict and value < 1.0:
+            if _is_number(gold) and _is_number(extracted) and self.answer_key(extracted) == self.answer_key(gold):
+                value, details = 1.0, details + "; numerically equal to the gold"  # "38.0" is 38
+            elif _substring_scorer(ds):
+                # reasoning-gym's generic scorer gives len(gold)/len(answer) to any answer *containing* the gold:
+                # "380", "38.5" or a list of candidates would earn part of the reward.
+                value, details = 0.0, details + "; partial credit for containing the gold is not a reward"
         status = Status.OK if value >= 1.0 else Status.WRONG
-        return RewardResult(value, status, extracted, f"reasoning-gym score {value:g}")
+        return RewardResult(value, status, extracted, details)
 
     def score_many(self, examples: Sequence[Example], completions: Sequence[str]) -> list[RewardResult]:
         return Task.score_many(self, examples, completions)
@@ -160,6 +192,14 @@ class ReasoningGymTask(AnswerTask):
         if extracted is not None and _is_number(extracted):
             return super().answer_key(extracted)  # numeric equivalence: "-4.0" votes with "-4"
         return Task.answer_key(self, extracted)
+
+
+def _substring_scorer(ds: Any) -> bool:
+    """Whether ``ds`` scores with reasoning-gym's generic ``score_answer`` (exact match, else partial credit
+    for an answer that contains the gold) rather than a scorer of its own."""
+    from reasoning_gym.dataset import ProceduralDataset
+
+    return getattr(type(ds), "score_answer", None) is ProceduralDataset.score_answer
 
 
 def _parse_config(name: str, config: Mapping[str, Any] | str | None) -> dict[str, Any]:
