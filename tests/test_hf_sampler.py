@@ -229,6 +229,16 @@ def test_packed_linears_match_plain_linears_and_follow_weight_updates():
     with hf.packed_linears(model):
         model(x).sum().backward()
     assert big.weight.grad is not None and big.weight.grad.abs().sum() > 0
+    # A fused AdamW step (what the trainers take) writes the weights without bumping their version
+    # counters; the sampler must still see the new weights, not the packed copy of the old ones.
+    version = big.weight._version
+    torch.optim.AdamW(model.parameters(), lr=0.5, fused=True).step()
+    assert big.weight._version == version  # why the version alone is not enough
+    with torch.inference_mode():
+        want = model(x)
+        with hf.packed_linears(model):
+            got = model(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_shared_prompt_cache_matches_the_repeated_cache(policy):

@@ -64,8 +64,9 @@ class GRPOConfig:
     process_coef: float = 1.0
     """Weight of the process advantages against the outcome advantages."""
     strict_rewards: bool = True
-    """Score with the task's strict verifier where it has one (math answers: hedged, ambiguous or several answers
-    earn nothing; see benchmarks/hacking_probes.py). Held-out evaluations use the same verifier."""
+    """Score with the task's strict verifier where it has one (math and reasoning-gym answers: hedged, ambiguous or
+    several answers earn nothing, and so does reasoning-gym's partial credit for merely containing the gold; see
+    benchmarks/hacking_probes.py). Held-out evaluations use the same verifier."""
     reward_on_error: str = "raise"
     """A reward function that raises: raise (stop with its name; the last checkpoint is kept) or skip (report it
     and score the batch without it)."""

@@ -355,8 +355,22 @@ def _can_pack() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+#: Bumped after every optimizer step in this process (a global post-step hook, registered when packing is
+#: first used). Fused optimizers (``AdamW(fused=True)``, what the trainers use) update weights without
+#: bumping their version counters, so the version alone would leave the sampler on stale packed weights.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
 @functools.cache
 def _packed_linear_class():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(_count_optimizer_step)
+
     class PackedLinear(torch.nn.Linear):
         """``nn.Linear`` whose no-grad, few-row CPU calls use a oneDNN-prepacked copy of the weight.
 
@@ -365,8 +379,10 @@ def _packed_linear_class():
         with the weight reordered once into its blocked layout: on 2 AVX2 cores, smollm2's LM head
         (64 x 576 by 576 x 49k) takes 72-93 ms against 42-44 ms, and the MLP matrices about 1.1-1.5x.
         Same fp32 weights and maths; only the summation order differs (outputs agree to ~1e-4 absolute
-        on logits of magnitude ~10). The packed copy is keyed on the weight's storage and version
-        counter, so an optimizer step or ``load_state_dict`` (both in place) triggers a repack on next use.
+        on logits of magnitude ~10). The packed copy is keyed on the weight's storage, its version
+        counter (in-place writes: ``load_state_dict``, unfused optimizers) and the count of optimizer steps
+        taken in this process (fused optimizers do not bump versions), so any of them triggers a repack on
+        next use.
         Anything else (gradients on, many rows, another dtype or device) takes ``nn.Linear``'s path.
         """
 
@@ -375,7 +391,7 @@ def _packed_linear_class():
             if (torch.is_grad_enabled() or x.dtype != torch.float32 or w.dtype != torch.float32
                     or x.device.type != "cpu" or x.numel() > PACK_MAX_ROWS * x.shape[-1]):
                 return super().forward(x)
-            key = (w.data_ptr(), w._version)
+            key = (w.data_ptr(), w._version, _OPTIMIZER_STEPS[0])
             packed = self.__dict__.get("_packed")
             if packed is None or packed[0] != key:
                 packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 64))
