@@ -263,15 +263,19 @@ def main() -> int:
 
             lenient_task = load_task(DEFAULT_TASK, **DEFAULT_TASK_OPTIONS)
             strict_task = load_task(DEFAULT_TASK, **DEFAULT_TASK_OPTIONS)
-            strict_task.use_strict_verifier()
-            examples = lenient_task.examples("test", limit=args.rg)
-            rg_strict = cached(strict_task.score)
-            verifiers = {"rg.score": cached(lenient_task.score), "rg.score.strict": rg_strict,
-                         "rg.score.strict+format": levelled(rg_strict, reasoning_format_ok, None, args.max_length,
-                                                            args.cache_length)}
-            checks = {"rg.score": ("answer",), "rg.score.strict": ("answer",),
-                      "rg.score.strict+format": ("answer", "format")}
-            reports[f"{DEFAULT_TASK} ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
+            try:
+                strict_task.use_strict_verifier()
+                examples = lenient_task.examples("test", limit=args.rg)
+                rg_strict = cached(strict_task.score)
+                verifiers = {"rg.score": cached(lenient_task.score), "rg.score.strict": rg_strict,
+                             "rg.score.strict+format": levelled(rg_strict, reasoning_format_ok, None, args.max_length,
+                                                                args.cache_length)}
+                checks = {"rg.score": ("answer",), "rg.score.strict": ("answer",),
+                          "rg.score.strict+format": ("answer", "format")}
+                reports[f"{DEFAULT_TASK} ({len(examples)} test problems)"] = run_probes(verifiers, examples, checks)
+            finally:
+                lenient_task.close()
+                strict_task.close()
         if strict_mv:
             strict_mv.close()
     learned_table, learned = "", []
