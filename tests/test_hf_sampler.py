@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from reasonlab.policies import hf
 from reasonlab.policies.hf import HFPolicy, draw, filter_logits, roomy_cache, sample_next
 from reasonlab.types import SamplingParams
 
@@ -94,6 +95,19 @@ def test_sample_next_reports_unmodified_logprob():
     tok, lp = sample_next(logits, SamplingParams(temperature=0.3, top_k=1), g)
     assert tok.item() == 0
     assert lp.item() == pytest.approx(math.log(0.6), abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 0, 1.0), (0.7, 20, 0.9)])
+def test_sample_next_in_row_chunks_draws_as_one_batch(temperature, top_k, top_p):
+    # Rows are sampled SAMPLE_ROWS at a time on a CPU; the draws and log-probs must be those of one batch
+    # (same generator stream, same rows), and the log-probs those of the unmodified distribution.
+    logits = torch.randn(3 * hf.SAMPLE_ROWS + 5, 1000, generator=torch.Generator().manual_seed(7)) * 4
+    sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    tok, lp = sample_next(logits, sp, torch.Generator().manual_seed(11))
+    whole_tok, whole_lp = hf._sample_rows(logits, sp, torch.Generator().manual_seed(11))
+    assert tok.tolist() == whole_tok.tolist()
+    torch.testing.assert_close(lp, whole_lp)
+    torch.testing.assert_close(lp, torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1))
 
 
 def test_bucketed_prefill_matches_one_padded_batch(random_tiny_dir, policy):

