@@ -339,9 +339,12 @@ def test_reasoning_gym_strict_scoring_for_rewards():
         assert strict.score(e, text).value == 0.0, text
     assert lenient.score(e, hedges[0]).status is Status.OK and lenient.score(e, hedges[1]).status is Status.OK
     # Honest answers, and a number equal to the gold that the generic scorer compares as a string.
-    for text in (f"The answer is {g}.", f"\\boxed{{{g}}}", f"<answer>{g}.0</answer>"):
+    for text in (f"The answer is {g}.", f"\\boxed{{{g}}}", f"<answer>{g}.0</answer>", f"The answer is ${g}$.",
+                 f"\\boxed{{${g}$}}"):
         r = strict.score(e, text)
         assert r.status is Status.OK and r.value == 1.0, text
+    # Math delimiters are not part of the number: leniently they earned partial credit as a string.
+    assert lenient.score(e, f"\\boxed{{${g}$}}").status is Status.OK
     lenient.use_strict_verifier()  # what the RL trainers do
     assert lenient.strict and lenient.score(e, hedges[0]).value == 0.0
 

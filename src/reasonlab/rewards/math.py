@@ -270,7 +270,8 @@ def strict_prediction(gold: str, pred: str) -> tuple[str | None, RewardResult | 
     return pred, None
 
 
-def _strip_math_delimiters(s: str) -> str:
+def strip_math_delimiters(s: str) -> str:
+    """``s`` without one pair of enclosing math delimiters: ``$38$``, ``$$38$$``, ``\\(38\\)``, ``\\[38\\]``."""
     s = s.strip()
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
@@ -318,7 +319,7 @@ class MathVerifier:
                 results[i] = RewardResult.unparsable("no answer found in the completion" if not strict
                                                      else "no unambiguous answer found in the completion")
                 continue
-            gold, pred = _strip_math_delimiters(gold), _strip_math_delimiters(pred)
+            gold, pred = strip_math_delimiters(gold), strip_math_delimiters(pred)
             if strict:
                 pred, refused = strict_prediction(gold, pred)  # type: ignore[assignment]
                 if refused is not None:
@@ -352,7 +353,7 @@ class MathVerifier:
         ``a`` plays the gold role. A comparison that times out or fails counts as "not
         equivalent": the answers then simply stay in separate groups.
         """
-        a, b = _strip_math_delimiters(a), _strip_math_delimiters(b)
+        a, b = strip_math_delimiters(a), strip_math_delimiters(b)
         quick = self._quick(a, b)
         if quick is not None:
             return quick.correct

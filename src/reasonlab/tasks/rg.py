@@ -159,7 +159,7 @@ class ReasoningGymTask(AnswerTask):
             if _is_number(gold):  # its refusals (prose, "19 = 18", "\\neg 5") are about numeric answers
                 from reasonlab.rewards.math import strict_prediction
 
-                checked, refused = strict_prediction(gold, extracted.strip())
+                checked, refused = strict_prediction(gold, _bare_number(extracted))
                 if refused is not None:
                     return refused
                 extracted = checked
@@ -167,6 +167,8 @@ class ReasoningGymTask(AnswerTask):
             # The last-number fallback only makes sense when the gold answer is a number; for a word or a
             # list it would turn "no answer given" into a wrong answer.
             extracted = extract_answer(completion, last_number_fallback=_is_number(gold))
+            if extracted is not None and _is_number(gold):
+                extracted = _bare_number(extracted)
         if extracted is None:
             return RewardResult.unparsable("no answer found in the completion")
         ds = self.dataset(example.meta.get("split", "test"))
@@ -192,6 +194,14 @@ class ReasoningGymTask(AnswerTask):
         if extracted is not None and _is_number(extracted):
             return super().answer_key(extracted)  # numeric equivalence: "-4.0" votes with "-4"
         return Task.answer_key(self, extracted)
+
+
+def _bare_number(answer: str) -> str:
+    """A numeric answer without its math delimiters (``\\boxed{$38$}`` extracts as ``$38$``). The dataset's
+    string scorer would pay ``$38$`` partial credit (lenient reading) or refuse it as not a number (strict)."""
+    from reasonlab.rewards.math import strip_math_delimiters
+
+    return strip_math_delimiters(answer)
 
 
 def _substring_scorer(ds: Any) -> bool:
