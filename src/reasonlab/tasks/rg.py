@@ -152,23 +152,25 @@ class ReasoningGymTask(AnswerTask):
         if entry is None:
             raise UsageError(f"example {example.id} carries no reasoning-gym entry to score against")
         gold = as_text(entry["answer"]) if entry.get("answer") is not None else ""
+        numeric = _is_number(gold)
         if self.strict:
             extracted = extract_answer(completion, strict=True)
             if extracted is None or not extracted.strip():
                 return RewardResult.unparsable("no unambiguous answer found in the completion")
-            if _is_number(gold):  # its refusals (prose, "19 = 18", "\\neg 5") are about numeric answers
-                from reasonlab.rewards.math import strict_prediction
-
-                checked, refused = strict_prediction(gold, _bare_number(extracted))
-                if refused is not None:
-                    return refused
-                extracted = checked
         else:
             # The last-number fallback only makes sense when the gold answer is a number; for a word or a
             # list it would turn "no answer given" into a wrong answer.
-            extracted = extract_answer(completion, last_number_fallback=_is_number(gold))
-            if extracted is not None and _is_number(gold):
-                extracted = _bare_number(extracted)
+            extracted = extract_answer(completion, last_number_fallback=numeric)
+        if extracted is not None and numeric:
+            from reasonlab.rewards.math import strict_prediction, strip_math_delimiters
+
+            # Extraction keeps math delimiters inside a box (``\\boxed{$38$}`` gives ``$38$``): the dataset's
+            # string scorer would pay that partial credit, and strict_prediction would refuse it as not a number.
+            extracted = strip_math_delimiters(extracted)
+            if self.strict:  # its refusals (prose, "19 = 18", "\\neg 5") are about numeric answers
+                extracted, refused = strict_prediction(gold, extracted)
+                if refused is not None:
+                    return refused
         if extracted is None:
             return RewardResult.unparsable("no answer found in the completion")
         ds = self.dataset(example.meta.get("split", "test"))
@@ -178,7 +180,7 @@ class ReasoningGymTask(AnswerTask):
             return RewardResult.error(f"{self.dataset_name}.score_answer raised {type(e).__name__}: {e}", extracted)
         details = f"reasoning-gym score {value:g}"
         if self.strict and value < 1.0:
-            if _is_number(gold) and _is_number(extracted) and self.answer_key(extracted) == self.answer_key(gold):
+            if numeric and _is_number(extracted) and self.answer_key(extracted) == self.answer_key(gold):
                 value, details = 1.0, details + "; numerically equal to the gold"  # "38.0" is 38
             elif _substring_scorer(ds):
                 # reasoning-gym's generic scorer gives len(gold)/len(answer) to any answer *containing* the gold:
@@ -194,14 +196,6 @@ class ReasoningGymTask(AnswerTask):
         if extracted is not None and _is_number(extracted):
             return super().answer_key(extracted)  # numeric equivalence: "-4.0" votes with "-4"
         return Task.answer_key(self, extracted)
-
-
-def _bare_number(answer: str) -> str:
-    """A numeric answer without its math delimiters (``\\boxed{$38$}`` extracts as ``$38$``). The dataset's
-    string scorer would pay ``$38$`` partial credit (lenient reading) or refuse it as not a number (strict)."""
-    from reasonlab.rewards.math import strip_math_delimiters
-
-    return strip_math_delimiters(answer)
 
 
 def _substring_scorer(ds: Any) -> bool:
