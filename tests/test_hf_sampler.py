@@ -255,7 +255,19 @@ def test_packed_linears_match_plain_linears_and_follow_weight_updates():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_shared_prompt_cache_matches_the_repeated_cache(policy):
+@pytest.fixture(params=["kernel", "pytorch"])
+def decode_attention(request, monkeypatch):
+    """Run a test with the C decode-attention kernel and with the PyTorch attention it replaces."""
+    from reasonlab.policies import decode_kernel
+
+    if request.param == "kernel" and not decode_kernel.available():
+        pytest.skip("no C compiler: the kernel is not built")
+    if request.param == "pytorch":
+        monkeypatch.setattr(decode_kernel, "available", lambda: False)
+    return request.param
+
+
+def test_shared_prompt_cache_matches_the_repeated_cache(policy, decode_attention):
     # Decode steps over one prompt row per prompt must give the logits of the plain cache with the prompt
     # repeated per sample, also after rows finish unevenly and a whole prompt's rows are gone.
     from reasonlab.policies import shared_prompt
@@ -291,7 +303,7 @@ def test_shared_prompt_cache_matches_the_repeated_cache(policy):
     assert model.config._attn_implementation != shared_prompt.ATTENTION_NAME
 
 
-def test_sampler_with_and_without_the_shared_prompt_cache_agree(random_tiny_dir, policy):
+def test_sampler_with_and_without_the_shared_prompt_cache_agree(random_tiny_dir, policy, decode_attention):
     many = PROMPTS * 2 + ["Q: 1=?\nA: 1"]
     kw = dict(device="cpu", model=policy.model, tokenizer=policy.tokenizer, max_batch_size=12)
     on = HFPolicy(random_tiny_dir, shared_prompt_kv=True, **kw)

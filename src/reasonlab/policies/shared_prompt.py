@@ -30,6 +30,8 @@ import threading
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from reasonlab.policies import decode_kernel
+
 ATTENTION_NAME = "reasonlab_shared_prompt"
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
@@ -97,6 +99,7 @@ class SharedPromptCache(DynamicCache):
         dtype, dev = prompt_kv[0][0].dtype, prompt_mask.device
         self.bias = torch.zeros(prompt_mask.shape, dtype=dtype, device=dev).masked_fill_(
             prompt_mask == 0, float("-inf"))[:, None, None, :]
+        self.keep = (prompt_mask != 0).to(torch.uint8)   # the C kernel's form of the same mask
         self._set_groups(torch.arange(u, device=dev).repeat_interleave(n))
 
     @classmethod
@@ -110,6 +113,7 @@ class SharedPromptCache(DynamicCache):
         starts = torch.cumsum(counts, 0) - counts
         self.slot = torch.arange(len(group), device=group.device) - starts[group]
         self.n_prompts, self.width = int(counts.numel()), int(counts.max())
+        self.starts = torch.cat([starts, starts.new_tensor([len(group)])])   # (U + 1,) row ranges per prompt
         # Every prompt has the same number of rows, in order: the group layout is a plain reshape.
         self.regular = bool((counts == self.width).all())
 
@@ -121,6 +125,7 @@ class SharedPromptCache(DynamicCache):
         if len(keep) < self.n_prompts:
             prompts = keep
             self.bias = self.bias.index_select(0, keep)
+            self.keep = self.keep.index_select(0, keep)
             group = torch.searchsorted(keep, group)
         for layer in self.layers:
             layer.select(indices, prompts)
@@ -167,6 +172,11 @@ def shared_prompt_attention(module, query, key, value, attention_mask, dropout: 
     b, hq, _, d = query.shape
     hkv = layer.prompt_keys.shape[1]
     q = query.reshape(b, hkv, hq // hkv, d) * (scaling if scaling is not None else d ** -0.5)
+    if decode_kernel.available() and decode_kernel.usable(q, layer.prompt_keys, layer.prompt_values,
+                                                          layer.gen_keys, layer.gen_values):
+        out = decode_kernel.decode_attention(q, layer.prompt_keys, layer.prompt_values, cache.keep, layer.gen_keys,
+                                             layer.gen_values, cache.starts, layer.t)
+        return out.view(b, 1, hq, d), None
     # Scores against each prompt once per prompt (all its rows and query heads as rows of one matmul) ...
     prompt_scores = cache.to_rows(torch.matmul(cache.to_groups(q), layer.prompt_keys.transpose(-1, -2)) + cache.bias)
     # ... and against each row's own generated tokens; one softmax over both.
