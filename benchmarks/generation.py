@@ -18,6 +18,7 @@ Run::
 
     python benchmarks/generation.py                      # batch 16 and 64, both workloads, 3 repeats
     python benchmarks/generation.py --batches 64 --workloads grouped --repeats 5 --json out.json
+    python benchmarks/generation.py --batches 64 --workloads distinct --ablate-kernel   # + our sampler without the C kernel
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from reasonlab.policies import decode_kernel  # noqa: E402
 from reasonlab.policies.hf import HFPolicy, _left_padded  # noqa: E402
 from reasonlab.policies.models import smollm2_gguf_path, smollm2_hf_checkpoint  # noqa: E402
 from reasonlab.tasks.gsm8k import GSM8KTask  # noqa: E402
@@ -81,6 +84,9 @@ def run_llamacpp(policy, prompts, sp: SamplingParams) -> tuple[int, float]:
     return sum(c.completion_tokens for c in out), time.perf_counter() - t
 
 
+kernel_available = decode_kernel.available
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="16,64")
@@ -91,8 +97,13 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--ablate-kernel", action="store_true",
+                    help="also run our sampler with PyTorch attention instead of the C decode kernel "
+                         "(row 'reasonlab-hf-nokernel'), to show what the kernel adds")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args()
+    if args.json:   # before the runs, so that half an hour of measuring is not lost to a missing folder
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
 
     ckpt = smollm2_hf_checkpoint()
@@ -105,8 +116,10 @@ def main() -> None:
         llama = LlamaCppPolicy(str(smollm2_gguf_path()), n_threads=args.threads)
     examples = GSM8KTask(prompt_format="chat").examples("test", max(int(b) for b in args.batches.split(",")))
     peak = matmul_peak_gflops()
+    kernel = decode_kernel.available()
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
-          f"fp32 matmul peak {peak:.1f} GFLOP/s; model {params / 1e6:.1f}M params")
+          f"fp32 matmul peak {peak:.1f} GFLOP/s; model {params / 1e6:.1f}M params; "
+          f"decode attention: {'C kernel' if kernel else 'PyTorch (no C kernel here)'}")
 
     results = {}
     for workload in args.workloads.split(","):
@@ -115,6 +128,8 @@ def main() -> None:
             prompts = [e.prompt for e in examples[:b // n]]
             ids = [ours.encode(p) for p in prompts]
             runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
+            if args.ablate_kernel and kernel:
+                runs["reasonlab-hf-nokernel"] = []
             if llama is not None:
                 runs["llama.cpp"] = []
             for r in range(args.repeats):
@@ -123,12 +138,18 @@ def main() -> None:
                 for name in runs:
                     if name == "reasonlab-hf":
                         tok, dt = run_ours(ours, ids, sp)
+                    elif name == "reasonlab-hf-nokernel":
+                        decode_kernel.available = lambda: False
+                        try:
+                            tok, dt = run_ours(ours, ids, sp)
+                        finally:
+                            decode_kernel.available = kernel_available
                     elif name == "model.generate":
                         tok, dt = run_generate(ours, ids, sp)
                     else:
                         tok, dt = run_llamacpp(llama, prompts, sp)
                     runs[name].append(tok / dt)
-                    print(f"  {workload:8s} batch {b:3d} run {r} {name:15s} {tok:6d} tokens {dt:7.1f} s "
+                    print(f"  {workload:8s} batch {b:3d} run {r} {name:22s} {tok:6d} tokens {dt:7.1f} s "
                           f"{tok / dt:8.1f} tok/s", flush=True)
             med = {name: statistics.median(v) for name, v in runs.items()}
             results[f"{workload}-{b}"] = {
@@ -136,14 +157,15 @@ def main() -> None:
                 "speedup_vs_generate": med["reasonlab-hf"] / med["model.generate"],
                 "peak_fraction": {k: v * 2 * params / (peak * 1e9) for k, v in med.items()}}
 
-    print(f"\n{'workload':9} {'batch':>5} {'method':16} {'tok/s (median)':>15} {'vs generate':>12} {'of fp32 peak':>13}")
+    print(f"\n{'workload':9} {'batch':>5} {'method':22} {'tok/s (median)':>15} {'vs generate':>12} {'of fp32 peak':>13}")
     for res in results.values():
         for name, v in res["tokens_per_s"].items():
-            print(f"{res['workload']:9} {res['batch']:>5} {name:16} {v:15.1f} "
+            print(f"{res['workload']:9} {res['batch']:>5} {name:22} {v:15.1f} "
                   f"{v / res['tokens_per_s']['model.generate']:11.2f}x {res['peak_fraction'][name]:12.1%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_gflops": peak, "params": params, "threads": args.threads, "results": results,
+            json.dump({"peak_gflops": peak, "params": params, "threads": args.threads, "decode_kernel": kernel,
+                       "results": results,
                        "date": time.strftime("%Y-%m-%d"), "machine": platform.platform()}, f, indent=2)
 
 
