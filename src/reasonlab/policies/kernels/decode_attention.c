@@ -180,7 +180,8 @@ static void run_task(const job_t *j, int64_t task, float *s, int64_t *runs) {
  *
  * Threads come from OpenMP. Compiled with -fopenmp, this library needs libgomp.so.1, and the dynamic
  * linker gives it the copy PyTorch already loaded: the kernel runs on PyTorch's own thread pool. Two
- * pools would fight over the cores, each one's idle threads spinning while the other works. */
+ * pools would fight over the cores, each one's idle threads spinning while the other works. (A PyTorch
+ * built with another OpenMP runtime, such as Intel's, gets the two pools: correct, but slower.) */
 int decode_attention(const float *q, const float *pk, const float *pv, const uint8_t *keep, const float *gk,
                      const float *gv, const int64_t *start, float *out, int64_t U, int64_t H, int64_t G,
                      int64_t D, int64_t P, int64_t R, int64_t T, int threads) {
