@@ -183,6 +183,9 @@ def test_answer_key_groups_equal_answers():
     assert answer_key("1/3") != answer_key("0.333")  # inexact: left to MathVerifier.equivalent
     assert answer_key("x+1") != answer_key("x+2")
     assert answer_key(None) is None and answer_key("  ") is None
+    # Math delimiters around an answer do not split the vote (box contents keep them).
+    assert answer_key("\\(38\\)") == answer_key("\\[38\\]") == answer_key("$$38$$") == answer_key("38")
+    assert answer_key("\\(x + 1\\)") == answer_key("x+1")
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,8 @@ def answer_key(answer: str | None) -> Hashable | None:
     """
     if answer is None:
         return None
+    # Delimiters are notation, not answer: \(38\) from \boxed{\(38\)} votes with 38.
+    answer = strip_math_delimiters(answer)
     number = parse_number(answer)
     if number is not None:
         return ("number", number[0])
