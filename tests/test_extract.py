@@ -25,6 +25,8 @@ from reasonlab.rewards.extract import extract_answer, extract_boxed, find_all_bo
         ("\\fbox{7}", "7"),
         ("$\\boxed {  -3 }$", "-3"),
         ("so \\boxed 5 is it", "5"),
+        ("so \\boxed{$38$}.", "38"),  # math delimiters inside the box are not part of the answer
+        ("The answer is \\boxed{\\(\\frac{1}{2}\\)}", "\\frac{1}{2}"),
         ("\\boxed{1} and a truncated \\boxed{2", "1"),
         # 3. phrases
         ("So the answer is 18.", "18"),
@@ -61,6 +63,8 @@ def test_boxed_helpers():
     text = "a \\boxed{x^{2}} b \\fbox{\\{1\\}} c \\boxed{}"
     assert find_all_boxed(text) == ["x^{2}", "\\{1\\}", ""]
     assert extract_boxed("no box") is None
+    assert extract_boxed("\\boxed{ $$7$$ }") == "7"
+    assert extract_boxed("\\boxed{\\$5}") == "\\$5"  # an escaped dollar is a currency sign, not a delimiter
     assert extract_boxed("\\boxed{1} \\boxed{{2}}") == "{2}"
 
 

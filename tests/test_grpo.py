@@ -114,6 +114,41 @@ def test_variants_run_and_update_the_weights(tmp_path, cfg_cls, trainer_cls, ext
         assert "kl" in recs[-1] and recs[-1]["kl"] == recs[-1]["kl"]
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("cfg_cls,trainer_cls", [(GRPOConfig, Trainer), (PPOConfig, PPOTrainer)])
+def test_time_horizon_decays_the_rate_with_the_clock(tmp_path, cfg_cls, trainer_cls):
+    # A run that its clock ends: with schedule_horizon=time the decay follows the share of max_minutes used
+    # (set by train() after each step), not the step count, which here would hardly have moved.
+    cfg = cfg_cls(**{**base_cfg(tmp_path).__dict__, "max_steps": 1000, "max_minutes": 10.0, "lr": 1e-3,
+                     "lr_schedule": "linear", "warmup_steps": 2, "schedule_horizon": "time"})
+    tr = trainer_cls(cfg, task=small_task())
+    rates = []
+    for used in (0.0, 0.0, 0.25, 0.5, 0.9, 1.0):
+        tr.time_progress = used
+        tr.scheduler.step()
+        rates.append(tr.optimizer.param_groups[0]["lr"])
+    # Steps 1-2 finish the warmup; then the rate falls with the clock; the step count alone (6 of 1000) would
+    # still give about the peak.
+    assert rates == pytest.approx([1e-3, 1e-3, 0.75e-3, 0.5e-3, 0.1e-3, 0.0], abs=1e-6)
+    steps_only = trainer_cls(cfg_cls(**{**cfg.__dict__, "schedule_horizon": "steps"}), task=small_task())
+    steps_only.time_progress = 0.9
+    for _ in range(4):
+        steps_only.scheduler.step()
+    assert steps_only.optimizer.param_groups[0]["lr"] > 0.99e-3
+
+
+def test_negative_advantage_scale_zero_trains_only_on_the_better_samples(tmp_path):
+    tr = Trainer(base_cfg(tmp_path, negative_advantage_scale=0.0, prompts_per_step=4), task=small_task())
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    rec = tr.step()
+    better = [s.advantage > 0 for s in tr.last_samples]
+    assert 0 < sum(better) < len(better)  # some groups had both right and wrong samples
+    # Only the samples that beat their group's mean are trained on: the others carry no gradient.
+    assert rec["trained_fraction"] == pytest.approx(sum(better) / len(better))
+    assert any(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+
+
 def test_soft_overlong_penalty():
     assert soft_overlong_penalty(70, 100, 20) == 0.0
     assert soft_overlong_penalty(80, 100, 20) == 0.0
@@ -133,6 +168,10 @@ def test_bad_settings_are_refused():
         GRPOConfig(rollout_batch_size=0)
     with pytest.raises(ValueError, match="rloo needs"):
         RLOOConfig(group_size=1)
+    with pytest.raises(ValueError, match="schedule_horizon"):
+        GRPOConfig(schedule_horizon="epochs")
+    with pytest.raises(ValueError, match="max_minutes"):
+        GRPOConfig(lr_schedule="linear", schedule_horizon="time")
     with pytest.raises(UsageError, match="unknown reward"):
         Trainer(GRPOConfig(rewards="accuracy,bogus", monitor="off"), task=small_task())
 

@@ -40,6 +40,15 @@ def test_all_equal_group_has_zero_advantage_in_every_scaling():
         L.group_advantages(r, "median")
 
 
+def test_scale_negative_touches_only_negative_advantages():
+    adv = torch.tensor([[1.5, -0.5, 0.0], [-2.0, 0.25, -0.0]])
+    assert L.scale_negative(adv, 1.0) is adv
+    assert torch.equal(L.scale_negative(adv, 0.5), torch.tensor([[1.5, -0.25, 0.0], [-1.0, 0.25, 0.0]]))
+    zeroed = L.scale_negative(adv, 0.0)
+    assert torch.equal(zeroed, torch.tensor([[1.5, 0.0, 0.0], [0.0, 0.25, 0.0]]))
+    assert L.scale_negative(adv, 0.5).shape == adv.shape
+
+
 def test_rloo_leave_one_out_baseline():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     # A_0 = 1 - mean(0,0,1) = 2/3; A_1 = 0 - mean(1,0,1) = -2/3

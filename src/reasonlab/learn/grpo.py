@@ -13,7 +13,9 @@ in :func:`train`; the maths are the pure functions of ``losses.py``, chosen by n
   ``dual_clip``; ``beta`` with ``kl_estimator`` k1/k2/k3 (``beta = 0`` loads no reference model);
   ``entropy_coef``; ``dynamic_sampling`` (DAPO: drop groups whose rewards all agree, sample more);
   ``overlong_filter`` (DAPO: truncated samples get no loss) and ``overlong_buffer`` (DAPO's soft
-  overlong punishment).
+  overlong punishment); ``negative_advantage_scale`` (below 1: lean on the samples that beat their group);
+- the learning rate: ``lr_schedule`` constant, cosine or linear after ``warmup_steps``, decaying over the
+  steps or, with ``schedule_horizon=time``, over the run's ``max_minutes``.
 
 ``rloo.py`` and ``reinforce.py`` are this loop with their advantage estimators and defaults.
 
@@ -30,6 +32,7 @@ The run directory gets ``config.yaml``, ``metrics.jsonl`` (+ TensorBoard), ``cur
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -74,6 +77,9 @@ class GRPOConfig:
     """Advantage estimator: grpo, drgrpo, grpo_batch_std, rloo, reinforce, reinforce_pp, reinforce_pp_baseline."""
     loss_agg: str = "token_mean"
     """Loss aggregation: token_mean (DAPO), seq_mean_token_mean (GRPO), seq_mean_token_sum_norm (Dr.GRPO)."""
+    negative_advantage_scale: float = 1.0
+    """Multiply negative advantages by this (0 to 1): below 1 the update leans on the samples that beat their
+    group (see losses.scale_negative); 1 is plain GRPO. Samples left with advantage 0 are not trained on."""
     ratio: str = "token"
     """Importance ratio: token (PPO/GRPO) or sequence (GSPO)."""
     eps_low: float = 0.2
@@ -130,6 +136,10 @@ class GRPOConfig:
     """Learning-rate decay after warmup: constant, cosine or linear."""
     warmup_steps: int = 0
     """Steps of linear learning-rate warmup."""
+    schedule_horizon: str = "steps"
+    """What the cosine or linear decay runs over: steps (to max_steps) or time (to max_minutes, or to max_steps if
+    the run gets there first). A run that its clock ends should use time: its decay then ends with the run,
+    however fast the machine is, where a step horizon leaves the rate near its peak when the clock stops it."""
     weight_decay: float = 0.0
     """AdamW weight decay (matrices only)."""
     max_grad_norm: float = 1.0
@@ -186,6 +196,7 @@ class GRPOConfig:
 
         checks = {"advantage": ADVANTAGES, "loss_agg": AGGREGATIONS, "ratio": RATIOS,
                   "kl_estimator": ("k1", "k2", "k3"), "lr_schedule": ("constant", "cosine", "linear"),
+                  "schedule_horizon": ("steps", "time"),
                   "reward_on_error": ("raise", "skip")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -207,6 +218,10 @@ class GRPOConfig:
             raise ValueError("dynamic sampling is not supported with nproc > 1 yet")
         if self.overlong_buffer >= self.max_new_tokens:
             raise ValueError("overlong_buffer must be smaller than max_new_tokens")
+        if not 0.0 <= self.negative_advantage_scale <= 1.0:
+            raise ValueError(f"negative_advantage_scale must be in [0, 1], got {self.negative_advantage_scale}")
+        if self.schedule_horizon == "time" and not self.max_minutes:
+            raise ValueError("schedule_horizon=time needs a time limit (max_minutes > 0)")
 
 
 def soft_overlong_penalty(length: int, max_len: int, buffer: int, penalty: float = 1.0) -> float:
@@ -236,7 +251,7 @@ class Trainer:
     def __init__(self, cfg: GRPOConfig, *, model=None, tokenizer=None, task=None):
         import torch
 
-        from reasonlab.learn.sft import adamw, add_lora, load_model, lr_multiplier
+        from reasonlab.learn.sft import adamw, add_lora, load_model
         from reasonlab.policies.hf import HFPolicy, pick_device, pick_dtype
         from reasonlab.rewards.functions import build_reward_set
         from reasonlab.evaluation.harness import task_options
@@ -300,12 +315,23 @@ class Trainer:
         groups = [{"params": [p for p in self.params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in self.params if p.ndim < 2], "weight_decay": 0.0}]
         self.optimizer = adamw(groups, cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, max(cfg.max_steps, 1)))
+        self.time_progress = 0.0  # share of max_minutes used, set by train() after each step
+        self.scheduler = self.make_scheduler()
         self.step_no, self.epoch, self.index = 0, 0, 0
         self._perm: list[int] | None = None
         self._perm_epoch = -1
         self.totals: dict[str, Any] = {"rollouts": 0, "generated_tokens": 0, "wall_time_s": 0.0}
+
+    def make_scheduler(self):
+        """Warmup then the configured decay, over steps or over the time limit (``schedule_horizon``)."""
+        import torch
+
+        from reasonlab.learn.sft import lr_multiplier
+
+        cfg = self.cfg
+        progress = (lambda: self.time_progress) if cfg.schedule_horizon == "time" else None
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, max(cfg.max_steps, 1), progress))
 
     def make_modules(self) -> dict[str, Any]:
         """Further trained modules, checkpointed with the model; none for critic-free methods."""
@@ -423,6 +449,7 @@ class Trainer:
             score_s += time.time() - t0
         lengths = torch.tensor([len(s.completion_ids) for s in samples])
         tok_adv *= (torch.arange(t_max)[None, :] < lengths[:, None])
+        tok_adv = losses.scale_negative(tok_adv, cfg.negative_advantage_scale)
 
         # 3. Policy update: mu passes over the batch, micro-batched, loss weights for the whole batch.
         t_train = time.time()
@@ -633,11 +660,22 @@ class Trainer:
 
         cfg = self.cfg
         self.model.eval()
+        # As many problems per batch as the sampler takes at once (rollout_batch_size bounds its memory).
         ecfg = EvalConfig(model=cfg.model, task=cfg.task, task_options=cfg.task_options, n=1, temperature=0.0,
                           max_new_tokens=cfg.max_new_tokens, limit=cfg.eval_limit, split=cfg.eval_split,
-                          out=str(run_dir / "eval" / f"step_{self.step_no}"), batch_size=64, seed=cfg.seed)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
-            summary = run_eval(ecfg, policy=self.policy, task=self.task, console=Console(quiet=True))
+                          out=str(run_dir / "eval" / f"step_{self.step_no}"),
+                          batch_size=max(1, min(cfg.eval_limit, cfg.rollout_batch_size)), seed=cfg.seed)
+        # The other processes wait while the main one evaluates: on a CPU it borrows their cores (tiny's 500
+        # problems: 1.9 s on two threads against 3.0 s on one).
+        threads = torch.get_num_threads()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world.size))
+        if self.device.type == "cpu" and local > 1:
+            torch.set_num_threads(threads * local)
+        try:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
+                summary = run_eval(ecfg, policy=self.policy, task=self.task, console=Console(quiet=True))
+        finally:
+            torch.set_num_threads(threads)
         return float(summary["accuracy"])
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -710,6 +748,8 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
     if ckpt is not None and main:
         print(f"resuming from {ckpt} (step {tr.step_no} of {cfg.max_steps})", file=sys.stderr)
     wall_before = tr.totals["wall_time_s"]
+    if cfg.max_minutes:
+        tr.time_progress = min(1.0, wall_before / (cfg.max_minutes * 60))
     metrics = MetricsLogger(run, resume_step=tr.step_no) if main else None
 
     def checkpoint() -> None:
@@ -771,6 +811,10 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
                                 checkpoint()
                             control = ("interrupt",)
                 control = broadcast(control, world)
+                if cfg.schedule_horizon == "time":
+                    # Every process must decay alike: the main process's clock sets the next step's rate.
+                    used = (wall_before + time.time() - t_start) / (cfg.max_minutes * 60) if main else None
+                    tr.time_progress = min(1.0, broadcast(used, world))
                 if control[0] == "stop":
                     stopped_by = control[1]
                     break

@@ -95,20 +95,17 @@ class PPOTrainer(Trainer):
 
     def _value_param_groups(self) -> None:
         # The value head (and separate critic) learn at a higher rate than the policy.
-        import torch
-
         vparams = {id(p) for m in self.modules.values() for p in m.parameters()}
         policy = [p for p in self.params if id(p) not in vparams]
         value = [p for p in self.params if id(p) in vparams]
-        from reasonlab.learn.sft import adamw, lr_multiplier
+        from reasonlab.learn.sft import adamw
 
         self.optimizer = adamw(
             [{"params": [p for p in policy if p.ndim >= 2], "weight_decay": self.cfg.weight_decay},
              {"params": [p for p in policy if p.ndim < 2], "weight_decay": 0.0},
              {"params": value, "weight_decay": 0.0, "lr": self.cfg.lr * self.cfg.value_lr_scale}],
             self.cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_multiplier(self.cfg.lr_schedule, self.cfg.warmup_steps, max(self.cfg.max_steps, 1)))
+        self.scheduler = self.make_scheduler()
 
     def __init__(self, cfg: PPOConfig, **kw: Any):
         super().__init__(cfg, **kw)

@@ -142,14 +142,23 @@ def adamw(groups: list[dict], lr: float):
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
-def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """``f(s)``: the lr multiplier for optimizer step ``s`` (0-based), for ``torch.optim.lr_scheduler.LambdaLR``."""
+def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int,
+                  progress: Callable[[], float] | None = None) -> Callable[[int], float]:
+    """``f(s)``: the lr multiplier for optimizer step ``s`` (0-based), for ``torch.optim.lr_scheduler.LambdaLR``.
+
+    ``progress``, if given, returns another measure of how far the run is, in [0, 1] (the RL trainers' share of
+    their time limit); the decay then follows whichever of it and the step count is further along, so a run
+    that its clock ends still finishes its decay.
+    """
     decay = SCHEDULES[schedule]
 
     def f(s: int) -> float:
         if s < warmup_steps:
             return (s + 1) / warmup_steps  # the first step already moves, at lr / warmup_steps
-        return decay(min(1.0, (s - warmup_steps) / max(1, total_steps - warmup_steps)))
+        done = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+        if progress is not None:
+            done = max(done, progress())
+        return decay(min(1.0, done))
 
     return f
 

@@ -78,9 +78,19 @@ def find_all_boxed(text: str) -> list[str]:
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}``, or ``None``."""
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}``, without math delimiters inside it
+    (``\\boxed{$38$}`` gives ``38``), or ``None``."""
     boxes = find_all_boxed(text)
-    return boxes[-1] if boxes else None
+    return strip_math_delimiters(boxes[-1]) if boxes else None
+
+
+def strip_math_delimiters(s: str) -> str:
+    """``s`` without one pair of enclosing math delimiters: ``$38$``, ``$$38$$``, ``\\(38\\)``, ``\\[38\\]``."""
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            return s[len(left) : -len(right)].strip()
+    return s
 
 
 def _clean(answer: str) -> str:
@@ -89,11 +99,7 @@ def _clean(answer: str) -> str:
     # End of sentence: a period followed by whitespace (a decimal point is followed by a digit).
     s = re.split(r"\.(?=\s)", s, maxsplit=1)[0]
     s = s.strip().strip("*").strip()  # markdown bold: **42**
-    s = s.rstrip(".,;:!?").strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if s.startswith(left) and s.endswith(right) and len(s) >= len(left) + len(right):
-            s = s[len(left) : len(s) - len(right)].strip()
-            break
+    s = strip_math_delimiters(s.rstrip(".,;:!?"))
     return s.rstrip(".").strip()
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Hashable, Sequence
 
-from reasonlab.rewards.extract import extract_answer
+from reasonlab.rewards.extract import extract_answer, strip_math_delimiters
 from reasonlab.rewards.workers import Outcome, WorkerPool
 from reasonlab.types import RewardResult
 
@@ -270,15 +270,6 @@ def strict_prediction(gold: str, pred: str) -> tuple[str | None, RewardResult | 
     if parse_number(gold) is not None and parse_number(pred) is None:
         return None, RewardResult.wrong(pred, "the gold answer is a number and this answer is not one")
     return pred, None
-
-
-def strip_math_delimiters(s: str) -> str:
-    """``s`` without one pair of enclosing math delimiters: ``$38$``, ``$$38$$``, ``\\(38\\)``, ``\\[38\\]``."""
-    s = s.strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
-            return s[len(left) : -len(right)].strip()
-    return s
 
 
 class MathVerifier:
