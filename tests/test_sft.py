@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from reasonlab.errors import DataError, UsageError
 from reasonlab.learn.data import IGNORE_INDEX, load_sft_rows, tokenize_pair, tokenize_rows
-from reasonlab.learn.sft import SFTConfig, main, train
+from reasonlab.learn.sft import SFTConfig, lr_multiplier, main, train
 from reasonlab.policies.tiny import new_tiny_model
 from reasonlab.runtime import RunDir
 
@@ -63,6 +63,23 @@ def losses(out) -> dict[int, float]:
 
 
 # -- data ----------------------------------------------------------------------------------------
+
+
+def test_lr_schedules():
+    # 2 warmup steps then 10 decay steps; multipliers by optimizer step.
+    at = lambda name, steps: [round(lr_multiplier(name, 2, 12)(s), 4) for s in steps]  # noqa: E731
+    assert at("constant", (0, 1, 2, 7, 12)) == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert at("linear", (2, 7, 12)) == [1.0, 0.5, 0.0]
+    assert at("cosine", (2, 7, 12)) == [1.0, 0.5, 0.0]
+    # wsd: the peak for 80% of the decay phase, then linear to 0.
+    assert at("wsd", (2, 9, 10, 11, 12)) == [1.0, 1.0, 1.0, 0.5, 0.0]
+    # An outside measure of progress (the RL trainers' clock) takes over when it is further along.
+    clock = {"done": 0.0}
+    f = lr_multiplier("linear", 0, 1000, progress=lambda: clock["done"])
+    assert f(10) == pytest.approx(0.99)
+    clock["done"] = 0.75
+    assert f(10) == pytest.approx(0.25)
+    assert f(900) == pytest.approx(0.1)  # the steps are further along than the clock here
 
 
 def test_tokenize_pair_masks_prompt_and_truncates(tiny_dir):

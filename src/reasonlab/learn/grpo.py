@@ -14,7 +14,7 @@ in :func:`train`; the maths are the pure functions of ``losses.py``, chosen by n
   ``entropy_coef``; ``dynamic_sampling`` (DAPO: drop groups whose rewards all agree, sample more);
   ``overlong_filter`` (DAPO: truncated samples get no loss) and ``overlong_buffer`` (DAPO's soft
   overlong punishment); ``negative_advantage_scale`` (below 1: lean on the samples that beat their group);
-- the learning rate: ``lr_schedule`` constant, cosine or linear after ``warmup_steps``, decaying over the
+- the learning rate: ``lr_schedule`` constant, cosine, linear or wsd after ``warmup_steps``, decaying over the
   steps or, with ``schedule_horizon=time``, over the run's ``max_minutes``.
 
 ``rloo.py`` and ``reinforce.py`` are this loop with their advantage estimators and defaults.
@@ -133,7 +133,8 @@ class GRPOConfig:
     lr: float = 1e-5
     """Peak learning rate of AdamW."""
     lr_schedule: str = "constant"
-    """Learning-rate decay after warmup: constant, cosine or linear."""
+    """Learning-rate decay after warmup: constant, cosine, linear or wsd (the peak for 80% of the run, then linear
+    to 0)."""
     warmup_steps: int = 0
     """Steps of linear learning-rate warmup."""
     schedule_horizon: str = "steps"
@@ -193,9 +194,10 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         from reasonlab.learn.losses import ADVANTAGES, AGGREGATIONS, RATIOS
+        from reasonlab.learn.sft import SCHEDULES
 
         checks = {"advantage": ADVANTAGES, "loss_agg": AGGREGATIONS, "ratio": RATIOS,
-                  "kl_estimator": ("k1", "k2", "k3"), "lr_schedule": ("constant", "cosine", "linear"),
+                  "kl_estimator": ("k1", "k2", "k3"), "lr_schedule": tuple(SCHEDULES),
                   "schedule_horizon": ("steps", "time"),
                   "reward_on_error": ("raise", "skip")}
         for name, allowed in checks.items():

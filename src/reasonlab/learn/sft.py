@@ -53,7 +53,8 @@ class TrainLoopConfig:
     lr: float = 3e-4
     """Peak learning rate of AdamW."""
     lr_schedule: str = "cosine"
-    """Learning-rate decay after warmup: cosine, linear (both to 0 at the last step) or constant."""
+    """Learning-rate decay after warmup: cosine, linear, wsd (the peak for 80% of the steps, then linear; all three
+    reach 0 at the last step) or constant."""
     warmup_steps: int = 0
     """Optimizer steps of linear warmup from 0 to lr."""
     weight_decay: float = 0.0
@@ -125,10 +126,15 @@ class SFTConfig(TrainLoopConfig):
 
 # -- learning-rate schedules: multipliers of the peak lr, by fraction of the decay phase done ---------
 
+WSD_DECAY = 0.2  # the share of the run that "wsd" spends decaying
+
 SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda progress: 1.0,
     "linear": lambda progress: 1.0 - progress,
     "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    # Warmup-stable-decay (MiniCPM's WSD): the peak rate for the first 80%, then a linear fall to 0. It keeps
+    # the rate up for longer than a cosine does and still ends with the quiet, annealed weights of a decay.
+    "wsd": lambda progress: min(1.0, (1.0 - progress) / WSD_DECAY),
 }
 DTYPES = ("float32", "bfloat16", "float16")
 
