@@ -115,7 +115,6 @@ def test_variants_run_and_update_the_weights(tmp_path, cfg_cls, trainer_cls, ext
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
-@pytest.mark.filterwarnings("ignore:Detected call of")
 @pytest.mark.parametrize("cfg_cls,trainer_cls", [(GRPOConfig, Trainer), (PPOConfig, PPOTrainer)])
 def test_time_horizon_decays_the_rate_with_the_clock(tmp_path, cfg_cls, trainer_cls):
     # A run that its clock ends: with schedule_horizon=time the decay follows the share of max_minutes used

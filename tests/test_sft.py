@@ -62,7 +62,7 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in RunDir(out).read_jsonl("metrics.jsonl")}
 
 
-# -- data ----------------------------------------------------------------------------------------
+# -- learning-rate schedules --------------------------------------------------------------------
 
 
 def test_lr_schedules():
@@ -80,6 +80,9 @@ def test_lr_schedules():
     clock["done"] = 0.75
     assert f(10) == pytest.approx(0.25)
     assert f(900) == pytest.approx(0.1)  # the steps are further along than the clock here
+
+
+# -- data ----------------------------------------------------------------------------------------
 
 
 def test_tokenize_pair_masks_prompt_and_truncates(tiny_dir):

@@ -138,7 +138,7 @@ class GRPOConfig:
     warmup_steps: int = 0
     """Steps of linear learning-rate warmup."""
     schedule_horizon: str = "steps"
-    """What the cosine or linear decay runs over: steps (to max_steps) or time (to max_minutes, or to max_steps if
+    """What the learning-rate decay (lr_schedule) runs over: steps (to max_steps) or time (to max_minutes, or to max_steps if
     the run gets there first). A run that its clock ends should use time: its decay then ends with the run,
     however fast the machine is, where a step horizon leaves the rate near its peak when the clock stops it."""
     weight_decay: float = 0.0
@@ -750,14 +750,19 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
     if ckpt is not None and main:
         print(f"resuming from {ckpt} (step {tr.step_no} of {cfg.max_steps})", file=sys.stderr)
     wall_before = tr.totals["wall_time_s"]
-    if cfg.max_minutes:
+
+    def elapsed() -> float:
+        """Wall seconds of the whole run, earlier sessions included."""
+        return wall_before + time.time() - t_start
+
+    if cfg.schedule_horizon == "time":
         tr.time_progress = min(1.0, wall_before / (cfg.max_minutes * 60))
     metrics = MetricsLogger(run, resume_step=tr.step_no) if main else None
 
     def checkpoint() -> None:
         if not main:
             return
-        tr.totals["wall_time_s"] = wall_before + time.time() - t_start
+        tr.totals["wall_time_s"] = elapsed()
         state = {"evals": extra["evals"]}
         if monitor is not None:
             state["monitor"] = monitor.state_dict()
@@ -805,7 +810,7 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
                         if cfg.save_every and step % cfg.save_every == 0:
                             checkpoint()
                             saved_at = step
-                        if cfg.max_minutes and wall_before + time.time() - t_start >= cfg.max_minutes * 60:
+                        if cfg.max_minutes and elapsed() >= cfg.max_minutes * 60:
                             print(f"time limit of {cfg.max_minutes:g} min reached at step {step}", file=sys.stderr)
                             control = ("limit",)
                         elif stop.requested and step < cfg.max_steps:
@@ -815,7 +820,7 @@ def train(cfg: GRPOConfig, *, model=None, tokenizer=None, task=None,
                 control = broadcast(control, world)
                 if cfg.schedule_horizon == "time":
                     # Every process must decay alike: the main process's clock sets the next step's rate.
-                    used = (wall_before + time.time() - t_start) / (cfg.max_minutes * 60) if main else None
+                    used = elapsed() / (cfg.max_minutes * 60) if main else None
                     tr.time_progress = min(1.0, broadcast(used, world))
                 if control[0] == "stop":
                     stopped_by = control[1]

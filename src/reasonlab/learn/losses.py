@@ -99,19 +99,19 @@ def mean_baseline_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - rewards.mean()
 
 
-#: Advantage estimators selectable by name in configs (outcome reward per sequence).
 def scale_negative(adv: torch.Tensor, scale: float) -> torch.Tensor:
     """Advantages with the negative ones multiplied by ``scale`` (any shape).
 
     Below 1 the update leans on the samples that did better than their group and pushes less on the ones
-    that did worse: a negative advantage lowers the probability of the sampled tokens and hands that mass
-    to all the others, which at a high learning rate spreads it onto tokens no solution uses, while a
-    positive one moves mass onto a path the model already follows to a right answer (as SFT on its own
-    successes does). 1 is plain GRPO; 0 trains only on better-than-average samples.
+    that did worse: a negative advantage hands the sampled tokens' probability to all the other tokens,
+    a positive one moves mass onto a path the model already follows to a right answer (at 0, SFT on its
+    own better-than-average samples). 1 is plain GRPO. On tiny it neither learned faster at the usual rate
+    nor made a 5x higher rate safe (BENCHMARKS, "Online RL learns", session 11).
     """
     return adv if scale == 1.0 else torch.where(adv < 0, adv * scale, adv)
 
 
+#: Advantage estimators selectable by name in configs (outcome reward per sequence).
 ADVANTAGES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "grpo": lambda r: group_advantages(r, "group"),
     "grpo_batch_std": lambda r: group_advantages(r, "batch"),
