@@ -213,3 +213,31 @@ def test_cli_labels_with_a_real_policy_and_resumes(tmp_path, random_tiny_dir, ca
     assert main(["--prm800k", str(prm), "--out", str(tmp_path / "conv.jsonl")]) == 0
     assert load_step_rows(tmp_path / "conv.jsonl")[0]["hard_labels"] == [1, 0]
     assert main(["--k", "0"]) == 2  # a bad setting is one clear line, exit code 2
+
+
+class HedgingPolicy(Policy):
+    """Every solution and every rollout hedges between a wrong and the right answer."""
+
+    name = "hedger"
+
+    def generate(self, prompts, sampling):
+        return [Completion(text="It is \\boxed{4} or \\boxed{3}.", token_ids=[0], logprobs=None, finish_reason="stop",
+                           prompt_tokens=1, prompt_index=pi) for pi in range(len(prompts)) for _ in range(sampling.n)]
+
+
+def test_training_labels_use_the_strict_verifier(tmp_path, monkeypatch):
+    """A hedge must not become a positive label for a reward model (the lenient, evaluation reading accepts it)."""
+    import reasonlab.policies
+    from reasonlab.learn.orm import ORMConfig, sample_outcome_rows
+    from reasonlab.rewards.labels import run
+
+    data = tmp_path / "m.jsonl"
+    data.write_text(json.dumps({"problem": "1+2?", "answer": "3"}) + "\n")
+    monkeypatch.setattr(reasonlab.policies, "load_policy", lambda *a, **k: HedgingPolicy())
+    common = {"task": f"math:{data}", "split": "test", "problems": 1, "samples_per_problem": 1}
+    steps = {"k": 2, "separator": "\\n"}
+    strict = run(LabelConfig(out=str(tmp_path / "strict.jsonl"), **common, **steps))
+    lenient = run(LabelConfig(out=str(tmp_path / "lenient.jsonl"), strict_labels=False, **common, **steps))
+    assert strict["solution_accuracy"] == 0.0 and lenient["solution_accuracy"] == 1.0
+    assert [r["label"] for r in sample_outcome_rows(ORMConfig(**common))] == [0.0]
+    assert [r["label"] for r in sample_outcome_rows(ORMConfig(strict_labels=False, **common))] == [1.0]

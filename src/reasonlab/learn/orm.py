@@ -107,6 +107,9 @@ class ORMConfig(RewardTrainConfig):
     """Training problems to sample."""
     samples_per_problem: int = 8
     """Policy samples per problem."""
+    strict_labels: bool = True
+    """Label the samples with the task's strict verifier where it has one, as RL rewards are judged: a hedged or
+    ambiguous answer is labelled wrong, so the reward model does not learn to accept hedges."""
     sampler: str = ""
     """Policy that writes the samples (default: --model itself)."""
     backend: str = "auto"
@@ -488,6 +491,8 @@ def sample_outcome_rows(cfg: ORMConfig, batch_problems: int = 32) -> list[dict]:
     from reasonlab.types import SamplingParams, Status
 
     task = load_task(cfg.task)
+    if cfg.strict_labels:
+        task.use_strict_verifier()
     examples = task.examples(cfg.split, cfg.problems)
     options = {"device": cfg.device} if cfg.backend in ("auto", "hf") and cfg.device != "auto" else {}
     policy = load_policy(cfg.sampler or cfg.model, backend=cfg.backend, **options)

@@ -81,6 +81,9 @@ class LabelConfig:
     """Step separator: auto (a newline for arith, whose steps are lines; a blank line otherwise) or a string; escapes like \\n work."""
     dedup: bool = True
     """Label each distinct solution of a problem once."""
+    strict_labels: bool = True
+    """Judge the rollouts with the task's strict verifier where it has one, as RL rewards are judged: a hedged or
+    ambiguous answer is no positive label (a reward model trained on lenient labels learns to accept hedges)."""
     batch_problems: int = 8
     """Problems whose rollouts go into one generate call."""
     backend: str = "auto"
@@ -390,6 +393,8 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
     from reasonlab.tasks import load_task
 
     task = load_task(cfg.task)
+    if cfg.strict_labels:
+        task.use_strict_verifier()
     examples = task.examples(cfg.split, cfg.offset + cfg.problems)[cfg.offset:]
     done = set()
     if out.exists():  # resume: problems already labelled are skipped

@@ -39,5 +39,10 @@ class Task(ABC):
         key = " ".join(extracted.split()).strip().lower()
         return key or None
 
+    def use_strict_verifier(self) -> None:
+        """Score as a reward must from now on: hedged or ambiguous answers earn nothing. RL rewards and training
+        labels call this. Tasks whose verifier has only one reading (arith's exact integer, HumanEval's tests) are
+        strict already; answer tasks override it (``tasks/jsonl.py``)."""
+
     def close(self) -> None:
         """Release worker pools."""
