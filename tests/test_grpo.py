@@ -171,6 +171,15 @@ def test_bad_settings_are_refused():
         GRPOConfig(schedule_horizon="epochs")
     with pytest.raises(ValueError, match="max_minutes"):
         GRPOConfig(lr_schedule="linear", schedule_horizon="time")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        GRPOConfig(lr=-1e-5)
+    # Greedy rollouts have no log-probs to follow: one PPO step at T = 0 once took tiny from 65.8% to 0%.
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        PPOConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        GRPOConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        GRPOConfig(max_grad_norm=-1.0)
     with pytest.raises(UsageError, match="unknown reward"):
         Trainer(GRPOConfig(rewards="accuracy,bogus", monitor="off"), task=small_task())
 

@@ -72,6 +72,12 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
 def test_rundir_config_written_and_changes_warned(tmp_path, caplog):
     RunDir(tmp_path / "r", config=_Cfg())
     assert "lr: 0.1" in (tmp_path / "r" / "config.yaml").read_text()
+    # Only a config: a run that failed before writing anything. It is reused without a word, even with resume=False.
+    with caplog.at_level(logging.WARNING):
+        RunDir(tmp_path / "r", config=_Cfg(lr=0.3), resume=False)
+    assert not caplog.records and "lr: 0.3" in (tmp_path / "r" / "config.yaml").read_text()
+    RunDir(tmp_path / "r", config=_Cfg())
+    (tmp_path / "r" / "metrics.jsonl").write_text("{}\n")  # now it holds results
     with caplog.at_level(logging.WARNING):
         RunDir(tmp_path / "r", config=_Cfg(log_every=5))  # harmless: no warning
     assert not caplog.records

@@ -229,3 +229,6 @@ def test_main_reads_yaml_and_flags(tiny_dir, tmp_path):
     assert summary["steps"] == 2 and summary["final_dir"] is None
     assert "lr: 0.001" in (out / "config.yaml").read_text()
     assert main(["--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r2")]) == 2
+    # A bad rate is one clear line and exit 2 (it was torch's traceback), and no run directory is left behind.
+    assert main(["--config", str(yaml_file), "--lr", "-1", "--out", str(tmp_path / "r3")]) == 2
+    assert not (tmp_path / "r3").exists()

@@ -207,9 +207,18 @@ class GRPOConfig:
                      "log_every", "max_sampling_rounds", "eval_limit", "nproc"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_minutes", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta"):
+        for name in ("max_steps", "max_minutes", "warmup_steps", "save_every", "keep_last", "eval_every", "overlong_buffer", "beta",
+                     "eps_low", "eps_high", "weight_decay", "max_grad_norm", "top_k", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        # The policy improved is the sampling one, softmax(logits / T): greedy rollouts (T = 0) have no log-probs to
+        # follow (the trainer would divide by zero and wreck the weights), and no two samples of a group differ.
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for RL rollouts, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.advantage == "rloo" and self.group_size < 2:
             raise ValueError("rloo needs group_size >= 2")
         if self.dual_clip and self.dual_clip <= 1:

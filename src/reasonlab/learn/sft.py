@@ -99,9 +99,12 @@ class TrainLoopConfig:
         for name in ("batch_size", "grad_accum", "max_seq_len", "log_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "warmup_steps", "save_every", "keep_last"):
+        for name in ("epochs", "max_steps", "warmup_steps", "save_every", "keep_last", "weight_decay", "max_grad_norm",
+                     "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.epochs == 0 and self.max_steps == 0:
             raise ValueError("set epochs or max_steps")
 

@@ -83,6 +83,8 @@ class RunDir:
     ``config`` (a config dataclass) is written resolved to ``config.yaml``. With ``resume=False`` a
     directory that already holds a run is refused rather than mixed with a new one; with
     ``resume=True`` it is reused, and differences from the stored config are logged as a warning.
+    A directory holding only ``config.yaml`` is a run that failed before it wrote anything (an unknown
+    model, say): it is simply reused.
     """
 
     def __init__(self, path: str | Path, *, config: Any = None, resume: bool = True,
@@ -90,12 +92,13 @@ class RunDir:
         self.path = Path(path)
         self._tail_checked: set[str] = set()
         cfg_path = self.path / "config.yaml"
-        if cfg_path.exists() and not resume:
+        holds_run = cfg_path.exists() and any(p.name != cfg_path.name for p in self.path.iterdir())
+        if holds_run and not resume:
             raise UsageError(f"{self.path} already holds a run; resume it, delete it, or choose another output directory")
         self.path.mkdir(parents=True, exist_ok=True)
         if config is not None:
             new = config_lib.to_dict(config)
-            if cfg_path.exists():
+            if holds_run:
                 self._warn_config_changes(cfg_path, new, set(harmless_fields))
             atomic_write_text(cfg_path, yaml.safe_dump(new, sort_keys=False))
 
