@@ -99,6 +99,7 @@ def run_cli(*args):
     (["eval", "--model", "tiny", "--task", "nosuchtask", "--limit", "1"], "nosuchtask"),
     (["eval", "--model", "tiny", "--task", "gsm8k:/nonexistent/file.jsonl", "--limit", "1"], "/nonexistent/file.jsonl"),
     (["eval", "--n", "0"], "n must be >= 1"),
+    (["eval", "--model", "tiny", "--task", "arith", "--temperature", "-1"], "temperature must be >= 0"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_input_one_clear_line_exit_2(args, needle, tmp_path):

@@ -86,6 +86,7 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or none for all), got {self.limit}")
+        self.sampling()  # the sampling settings' own checks: temperature >= 0, top_p in (0, 1], top_k >= 0, ...
 
     def sampling(self) -> SamplingParams:
         temperature = self.temperature if self.temperature is not None else (0.0 if self.n == 1 else 0.8)
