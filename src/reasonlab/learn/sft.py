@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_lib.parse(SFTConfig, argv, prog="reasonlab train sft")
         summary = train(cfg)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"reasonlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)

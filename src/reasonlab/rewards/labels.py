@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_lib.parse(LabelConfig, argv, prog="reasonlab label")
         summary = run(cfg)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"reasonlab: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)

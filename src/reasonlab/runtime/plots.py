@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = plot_metrics(a.run_dir, a.keys.split(",") if a.keys else None, a.out)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"reasonlab: error: {e}", file=sys.stderr)
         return 2
     print(path)
     return 0
