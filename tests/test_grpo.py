@@ -91,7 +91,7 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("cfg_cls,trainer_cls,extra", [
     (RLOOConfig, None, {}),
-    (GRPOConfig, None, {"advantage": "reinforce_pp_baseline"}),
+    (GRPOConfig, None, {"advantage": "reinforce_pp_baseline", "entropy_token_fraction": 0.2}),
     (GRPOConfig, None, {"advantage": "drgrpo", "loss_agg": "seq_mean_token_sum_norm", "ratio": "sequence",
                         "mu": 2, "eps_high": 0.28, "dual_clip": 3.0, "beta": 0.05, "entropy_coef": 0.001,
                         "dynamic_sampling": True, "overlong_filter": True, "overlong_buffer": 8,
@@ -148,6 +148,31 @@ def test_negative_advantage_scale_zero_trains_only_on_the_better_samples(tmp_pat
     assert any(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
 
 
+def test_entropy_token_fraction_gates_the_policy_gradient(tmp_path, monkeypatch):
+    from reasonlab.learn import losses
+
+    kept = []
+    real = losses.top_entropy_mask
+
+    def spy(ent, mask, fraction):
+        out = real(ent, mask, fraction)
+        kept.append((float(out.sum()), float(mask.sum())))
+        return out
+
+    monkeypatch.setattr(losses, "top_entropy_mask", spy)
+    tr = Trainer(base_cfg(tmp_path / "a", entropy_token_fraction=0.2, prompts_per_step=4), task=small_task())
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    tr.step()
+    assert kept and all(0.15 * n < k < 0.25 * n for k, n in kept)  # about a fifth of each micro-batch's tokens
+    assert any(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+    # With no token kept there is no policy gradient at all: the weights do not move.
+    monkeypatch.setattr(losses, "top_entropy_mask", lambda ent, mask, fraction: torch.zeros_like(ent))
+    tr = Trainer(base_cfg(tmp_path / "b", entropy_token_fraction=0.2, prompts_per_step=4), task=small_task())
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    tr.step()
+    assert all(torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+
+
 def test_soft_overlong_penalty():
     assert soft_overlong_penalty(70, 100, 20) == 0.0
     assert soft_overlong_penalty(80, 100, 20) == 0.0
@@ -178,6 +203,8 @@ def test_bad_settings_are_refused():
         PPOConfig(temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
         GRPOConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="entropy_token_fraction"):
+        GRPOConfig(entropy_token_fraction=0.0)
     with pytest.raises(ValueError, match="max_grad_norm"):
         GRPOConfig(max_grad_norm=-1.0)
     with pytest.raises(UsageError, match="unknown reward"):

@@ -49,6 +49,17 @@ def test_scale_negative_touches_only_negative_advantages():
     assert L.scale_negative(adv, 0.5).shape == adv.shape
 
 
+def test_top_entropy_mask_keeps_the_forking_tokens():
+    # 8 valid tokens (the padding's high entropy must not count); the top quarter is the two at 2.0 and 3.0.
+    ent = torch.tensor([[0.1, 3.0, 0.2, 0.0, 9.0], [2.0, 0.3, 0.1, 0.4, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]], dtype=torch.float32)
+    assert torch.equal(L.top_entropy_mask(ent, mask, 0.25), torch.tensor([[0.0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]))
+    assert torch.equal(L.top_entropy_mask(ent, mask, 1.0), mask)
+    # Ties at the threshold are all kept; an empty mask keeps nothing.
+    assert L.top_entropy_mask(torch.ones(2, 3), torch.ones(2, 3), 0.2).sum() == 6
+    assert L.top_entropy_mask(ent, torch.zeros_like(mask), 0.2).sum() == 0
+
+
 def test_rloo_leave_one_out_baseline():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     # A_0 = 1 - mean(0,0,1) = 2/3; A_1 = 0 - mean(1,0,1) = -2/3

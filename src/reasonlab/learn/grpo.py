@@ -96,6 +96,10 @@ class GRPOConfig:
     """KL estimator: k1, k2 or k3."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (added to the objective)."""
+    entropy_token_fraction: float = 1.0
+    """Train the policy loss only on this share of completion tokens, those of highest entropy (the "forking
+    tokens" of Wang et al. 2025, who keep 0.2); 1 trains on every token. The entropy threshold is the quantile over
+    each micro-batch's tokens (the paper's is over the batch: it would cost a second forward pass here)."""
     prompts_per_step: int = 16
     """Prompts (groups) per optimizer batch."""
     group_size: int = 8
@@ -229,6 +233,8 @@ class GRPOConfig:
             raise ValueError("dynamic sampling is not supported with nproc > 1 yet")
         if self.overlong_buffer >= self.max_new_tokens:
             raise ValueError("overlong_buffer must be smaller than max_new_tokens")
+        if not 0.0 < self.entropy_token_fraction <= 1.0:
+            raise ValueError(f"entropy_token_fraction must be in (0, 1], got {self.entropy_token_fraction}")
         if not 0.0 <= self.negative_advantage_scale <= 1.0:
             raise ValueError(f"negative_advantage_scale must be in [0, 1], got {self.negative_advantage_scale}")
         if self.schedule_horizon == "time" and not self.max_minutes:
@@ -512,6 +518,11 @@ class Trainer:
                     stats["sampler_gap_max"] = max(stats["sampler_gap_max"], float(gap.max()))
                     if cfg.beta > 0:
                         ref_logps[m] = self._ref_logp(mb, autocast)
+                need_entropy = cfg.entropy_coef > 0
+                with torch.set_grad_enabled(need_entropy):
+                    ent = losses.entropy_from_logits(logits if need_entropy else logits.detach())
+                if cfg.entropy_token_fraction < 1.0:
+                    a = a * losses.top_entropy_mask(ent.detach(), mb.mask, cfg.entropy_token_fraction)
                 log_ratio = losses.RATIOS[cfg.ratio](logp, old_logps[m], mb.mask)
                 pg, clip = losses.policy_loss(log_ratio, a, cfg.eps_low, cfg.eps_high, cfg.dual_clip or None)
                 per_token = pg
@@ -519,9 +530,6 @@ class Trainer:
                     kl = losses.kl_penalty(logp, ref_logps[m], cfg.kl_estimator)
                     per_token = per_token + cfg.beta * kl
                     stats["kl"] += float((kl.detach() * mb.mask).sum()) / n_tok / cfg.mu
-                need_entropy = cfg.entropy_coef > 0
-                with torch.set_grad_enabled(need_entropy):
-                    ent = losses.entropy_from_logits(logits if need_entropy else logits.detach())
                 if need_entropy:
                     per_token = per_token - cfg.entropy_coef * ent
                 loss = (per_token * w).sum()

@@ -249,6 +249,20 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def top_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    """1 on the ``fraction`` of valid tokens with the highest entropy, 0 elsewhere. ``entropy, mask: (B, T)``.
+
+    The "forking tokens" of Wang et al. 2025 ("Beyond the 80/20 Rule"): the policy gradient restricted to the
+    top 20% of tokens by entropy, ``I[H_t >= tau_rho]`` with ``tau_rho`` the batch's ``1 - rho`` quantile. Ties
+    at the threshold are all kept. ``fraction >= 1`` keeps every valid token.
+    """
+    valid = mask.bool()
+    if fraction >= 1.0 or not valid.any():
+        return valid.to(entropy.dtype)
+    tau = torch.quantile(entropy[valid].float(), 1.0 - fraction)
+    return (valid & (entropy >= tau)).to(entropy.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loss aggregation: per-token weights for a whole optimizer batch
 # ----------------------------------------------------------------------------------------------
