@@ -19,6 +19,11 @@ Run::
     python benchmarks/generation.py                      # batch 16 and 64, both workloads, 3 repeats
     python benchmarks/generation.py --batches 64 --workloads grouped --repeats 5 --json out.json
     python benchmarks/generation.py --batches 64 --workloads distinct --ablate-kernel   # + our sampler without the C kernel
+    python benchmarks/generation.py --batches 64 --no-llamacpp --bf16    # + our sampler on bfloat16 weights
+
+``--bf16`` adds our sampler on a bfloat16 copy of the weights (``--dtype bfloat16`` in ``reasonlab eval``). It pays
+only on a CPU with bf16 units (AVX512-BF16, AMX): elsewhere PyTorch emulates bf16 matmuls and it is slower. It
+changes the model's numbers a little, and its decode attention is PyTorch's (the C kernel is float32 only).
 """
 
 from __future__ import annotations
@@ -52,6 +57,15 @@ def matmul_peak_gflops(size: int = 2048, reps: int = 10) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
     return 2 * size**3 / best / 1e9
+
+
+def cpu_bf16_units() -> str:
+    """The CPU's bf16 matmul units, as /proc/cpuinfo names them ('none' if it has neither)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
 
 
 def run_ours(policy: HFPolicy, ids: list[list[int]], sp: SamplingParams) -> tuple[int, float]:
@@ -100,6 +114,8 @@ def main() -> None:
     ap.add_argument("--ablate-kernel", action="store_true",
                     help="also run our sampler with PyTorch attention instead of the C decode kernel "
                          "(row 'reasonlab-hf-nokernel'), to show what the kernel adds")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also run our sampler on bfloat16 weights (row 'reasonlab-hf-bf16')")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.json:   # before the runs, so that half an hour of measuring is not lost to a missing folder
@@ -109,6 +125,7 @@ def main() -> None:
     ckpt = smollm2_hf_checkpoint()
     ours = HFPolicy(str(ckpt), device="cpu", dtype="float32", max_batch_size=max(int(b) for b in args.batches.split(",")))
     params = sum(p.numel() for p in ours.model.parameters())
+    ours_bf16 = HFPolicy(str(ckpt), device="cpu", dtype="bfloat16", max_batch_size=ours.max_batch_size) if args.bf16 else None
     llama = None
     if not args.no_llamacpp:
         from reasonlab.policies.llamacpp import LlamaCppPolicy
@@ -118,7 +135,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     kernel = decode_kernel.available()
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
-          f"fp32 matmul peak {peak:.1f} GFLOP/s; model {params / 1e6:.1f}M params; "
+          f"fp32 matmul peak {peak:.1f} GFLOP/s; bf16 units: {cpu_bf16_units()}; model {params / 1e6:.1f}M params; "
           f"decode attention: {'C kernel' if kernel else 'PyTorch (no C kernel here)'}")
 
     results = {}
@@ -130,6 +147,8 @@ def main() -> None:
             runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
             if args.ablate_kernel and kernel:
                 runs["reasonlab-hf-nokernel"] = []
+            if ours_bf16 is not None:
+                runs["reasonlab-hf-bf16"] = []
             if llama is not None:
                 runs["llama.cpp"] = []
             for r in range(args.repeats):
@@ -144,6 +163,8 @@ def main() -> None:
                             tok, dt = run_ours(ours, ids, sp)
                         finally:
                             decode_kernel.available = kernel_available
+                    elif name == "reasonlab-hf-bf16":
+                        tok, dt = run_ours(ours_bf16, ids, sp)
                     elif name == "model.generate":
                         tok, dt = run_generate(ours, ids, sp)
                     else:

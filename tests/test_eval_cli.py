@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from reasonlab.cli.main import main
 from reasonlab.evaluation.harness import EvalConfig, run_eval
@@ -33,6 +34,25 @@ def test_eval_writes_summary_samples_and_config(random_tiny_dir, tmp_path, capsy
     assert summary["tokens_generated"] == sum(c["completion_tokens"] for r in recs for c in r["completions"])
     assert (out / "config.yaml").exists()
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_in_bfloat16(random_tiny_dir, tmp_path, monkeypatch):
+    import reasonlab.policies
+
+    seen = []
+    real = reasonlab.policies.load_policy
+
+    def spy(*args, **kwargs):
+        policy = real(*args, **kwargs)
+        seen.append(next(policy.model.parameters()).dtype)
+        return policy
+
+    monkeypatch.setattr(reasonlab.policies, "load_policy", spy)
+    out = tmp_path / "bf16"
+    assert main(["eval", "--model", random_tiny_dir, "--task", "arith", "--limit", "3", "--max-new-tokens", "12",
+                 "--backend", "hf", "--dtype", "bfloat16", "--out", str(out)]) == 0
+    assert seen == [torch.bfloat16] and "dtype: bfloat16" in (out / "config.yaml").read_text()
+    assert json.loads((out / "summary.json").read_text())["n_examples"] == 3
 
 
 def test_resume_reproduces_uninterrupted_run(random_tiny_dir, tmp_path):
@@ -100,6 +120,7 @@ def run_cli(*args):
     (["eval", "--model", "tiny", "--task", "gsm8k:/nonexistent/file.jsonl", "--limit", "1"], "/nonexistent/file.jsonl"),
     (["eval", "--n", "0"], "n must be >= 1"),
     (["eval", "--model", "tiny", "--task", "arith", "--temperature", "-1"], "temperature must be >= 0"),
+    (["eval", "--model", "tiny", "--task", "arith", "--dtype", "float64"], "unknown dtype 'float64'"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_input_one_clear_line_exit_2(args, needle, tmp_path):

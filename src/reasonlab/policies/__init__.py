@@ -50,7 +50,7 @@ def _check_options(backend: str, cls: type, options: dict[str, Any], positional:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UsageError(f"backend {backend!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(known)}")
+                         f"its options: {', '.join(known)} (--backend picks another: {', '.join(BACKENDS)})")
 
 
 def pick_backend(spec: ModelSpec, backend: str = "auto") -> str:
