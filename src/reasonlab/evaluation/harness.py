@@ -78,8 +78,8 @@ class EvalConfig:
     """Device for the transformers backend: auto, cpu, cuda."""
     dtype: str = "auto"
     """Weights dtype for the transformers backend: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16,
-    float16. On a CPU with bf16 units (AVX512-BF16, AMX) bfloat16 samples smollm2 about 1.6x faster (BENCHMARKS,
-    generation); it changes the model's numbers a little, so answers can differ from float32's."""
+    float16. On a CPU with bf16 units (AVX512-BF16, AMX) bfloat16 samples smollm2 1.2-1.3x faster at batch 64
+    (BENCHMARKS, generation); it changes the model's numbers a little, so answers can differ from float32's."""
     resume: bool = True
     """Continue a run found in out; with --no-resume an existing run directory is refused."""
 
