@@ -197,3 +197,11 @@ def test_hf_policy_never_goes_to_the_hub():
         HFPolicy("tiny")
     with pytest.raises(UsageError, match="cannot load"):
         HFPolicy("nobody-here/no-such-model")
+
+
+def test_hf_options_pass_on_only_what_was_set():
+    from reasonlab.policies import hf_options
+
+    assert hf_options() == {}  # llama.cpp and openai take neither option: nothing to trip over
+    assert hf_options("cpu", "auto") == {"device": "cpu"}
+    assert hf_options("auto", "bfloat16") == {"dtype": "bfloat16"}

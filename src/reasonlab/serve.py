@@ -108,6 +108,9 @@ class ServeConfig:
     """If set, requests must send 'Authorization: Bearer <api_key>'."""
     device: str = "auto"
     """Device for the transformers backend: auto, cpu, cuda."""
+    dtype: str = "auto"
+    """Weights dtype for the transformers backend: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16,
+    float16. bfloat16 pays on a CPU with bf16 units (AVX512-BF16, AMX); it changes the model's numbers a little."""
     threads: int | None = None
     """torch CPU threads (none: torch's default)."""
 
@@ -474,13 +477,13 @@ def make_server(cfg: ServeConfig, *, policy=None, answers: AnswerReader | None =
     """A server ready for ``serve_forever()`` (bound already: with port 0, ``server.url`` has the port)."""
     _check_names(cfg)  # before the model loads: a typo fails in a second
     if policy is None:
-        from reasonlab.policies import load_policy
+        from reasonlab.policies import hf_options, load_policy
 
         if cfg.threads:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        policy = load_policy(cfg.model, cfg.backend, **({"device": cfg.device} if cfg.device != "auto" else {}))
+        policy = load_policy(cfg.model, cfg.backend, **hf_options(cfg.device, cfg.dtype))
     service = SearchService(cfg, policy, answers if answers is not None else load_answers(cfg))
     try:
         return SearchServer(service, cfg.host, cfg.port)

@@ -208,7 +208,7 @@ def run_eval(cfg: EvalConfig, *, policy=None, task=None, console=None) -> dict[s
 def _run(cfg: EvalConfig, out: Path, sampling: SamplingParams, task, policy, console) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from reasonlab.policies import load_policy
+    from reasonlab.policies import hf_options, load_policy
     from reasonlab.runtime import RunDir
 
     examples = task.examples(cfg.split, cfg.limit)
@@ -237,8 +237,7 @@ def _run(cfg: EvalConfig, out: Path, sampling: SamplingParams, task, policy, con
 
     if todo:
         if policy is None:
-            options = {k: v for k, v in (("device", cfg.device), ("dtype", cfg.dtype)) if v != "auto"}
-            policy = load_policy(cfg.model, cfg.backend, **options)
+            policy = load_policy(cfg.model, cfg.backend, **hf_options(cfg.device, cfg.dtype))
         progress = Progress(TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("acc {task.fields[acc]}"), TextColumn("{task.fields[tps]} tok/s"),
                             TimeElapsedColumn(), console=console, transient=False)

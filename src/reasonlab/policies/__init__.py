@@ -71,6 +71,12 @@ def pick_backend(spec: ModelSpec, backend: str = "auto") -> str:
     return backend
 
 
+def hf_options(device: str = "auto", dtype: str = "auto") -> dict[str, str]:
+    """The transformers backend's ``device`` / ``dtype`` settings of a command, without those left on auto (so that
+    another backend, which has neither option, is not handed them)."""
+    return {k: v for k, v in (("device", device), ("dtype", dtype)) if v != "auto"}
+
+
 def load_policy(model: str = "smollm2", backend: str = "auto", **options: Any) -> Policy:
     """Load ``model`` (a name, path or ``openai:`` URL) with ``backend``; ``options`` go to the backend."""
     spec = resolve_model(model)

@@ -108,6 +108,9 @@ class SearchConfig:
     """Search seed: the same seed, options and example give the same samples."""
     device: str = "auto"
     """Device for the transformers backend: auto, cpu, cuda."""
+    dtype: str = "auto"
+    """Weights dtype for the transformers backend: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16,
+    float16. bfloat16 pays on a CPU with bf16 units (AVX512-BF16, AMX); it changes the model's numbers a little."""
     threads: int | None = None
     """torch CPU threads (none: torch's default). On a busy CPU, 1 is often much faster for small models."""
     resume: bool = True
@@ -328,7 +331,7 @@ def _run(cfg: SearchConfig, cells: list[Cell], out: Path, task, policy, console)
         TimeElapsedColumn,
     )
 
-    from reasonlab.policies import load_policy
+    from reasonlab.policies import hf_options, load_policy
     from reasonlab.runtime import RunDir
     from reasonlab.search import report
 
@@ -343,7 +346,7 @@ def _run(cfg: SearchConfig, cells: list[Cell], out: Path, task, policy, console)
     own_policy = policy is None
     if todo:
         if policy is None:
-            policy = load_policy(cfg.model, cfg.backend, **({"device": cfg.device} if cfg.device != "auto" else {}))
+            policy = load_policy(cfg.model, cfg.backend, **hf_options(cfg.device, cfg.dtype))
         progress = Progress(TextColumn("[bold]search[/] {task.fields[cell]}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console)
         try:
