@@ -205,6 +205,9 @@ def test_bad_settings_are_refused():
         GRPOConfig(top_p=0.0)
     with pytest.raises(ValueError, match="entropy_token_fraction"):
         GRPOConfig(entropy_token_fraction=0.0)
+    # GRPO-only settings that PPO's step never reads are refused, not silently ignored.
+    with pytest.raises(ValueError, match="PPO does not use entropy_token_fraction=0.2, negative_advantage_scale=0.5"):
+        PPOConfig(entropy_token_fraction=0.2, negative_advantage_scale=0.5)
     with pytest.raises(ValueError, match="max_grad_norm"):
         GRPOConfig(max_grad_norm=-1.0)
     with pytest.raises(UsageError, match="unknown reward"):

@@ -56,6 +56,16 @@ class PPOConfig(GRPOConfig):
     share_prompt: bool = False
     """Not used by PPO yet: its forward also reads hidden states for the value head, from the flat layout."""
 
+    #: GRPO settings PPO's step does not read, with their defaults: setting one is refused, not silently ignored.
+    GRPO_ONLY = {"advantage": "grpo", "entropy_coef": 0.0, "entropy_token_fraction": 1.0,
+                 "negative_advantage_scale": 1.0, "dynamic_sampling": False, "overlong_buffer": 0}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unused = [f"{k}={getattr(self, k)!r}" for k, default in self.GRPO_ONLY.items() if getattr(self, k) != default]
+        if unused:
+            raise ValueError(f"PPO does not use {', '.join(unused)} (GRPO settings; PPO's advantages are GAE's)")
+
 
 def _decoder_and_head(model):
     """The backbone (returning hidden states) and the output projection of a causal LM (peft or not)."""
