@@ -307,8 +307,8 @@ def main() -> int:
     task = load_task(args.task, **task_options(args))
     # Training labels are judged strictly, as `reasonlab label` and the RL rewards judge them (a hedge is no positive
     # label); held-out accuracy below keeps the evaluation reading.
-    label_task_ = load_task(args.task, **task_options(args))
-    label_task_.use_strict_verifier()
+    strict_task = load_task(args.task, **task_options(args))
+    strict_task.use_strict_verifier()
     policy = load_policy(args.model, **({"device": "cpu"} if args.model == "tiny" else {}))
 
     # 1. Labelled training data and the three reward models.
@@ -316,7 +316,7 @@ def main() -> int:
     train_ex = task.examples("train", s["train_problems"])
     size = f"{s['train_problems']}x{s['samples']}-k{s['k']}-strict"
     train_rows = cached_labels(workdir / f"train-{size}.jsonl",
-                               lambda: label(policy, label_task_, train_ex, s, s["samples"], s["k"], seed=1))
+                               lambda: label(policy, strict_task, train_ex, s, s["samples"], s["k"], seed=1))
     timings["label_train_s"] = round(time.time() - t0, 1)
     print(f"train labels: {len(train_rows)} solutions ({timings['label_train_s']}s)", file=sys.stderr)
     t0 = time.time()
@@ -354,7 +354,7 @@ def main() -> int:
         rows = []
         for b in range(0, len(test_ex), 8):
             batch = test_ex[b:b + 8]
-            rows += label_solutions(policy, label_task_, batch, [by_problem[e.id] for e in batch], k=s["k"],
+            rows += label_solutions(policy, strict_task, batch, [by_problem[e.id] for e in batch], k=s["k"],
                                     separator=resolve_separator(s["separator"].encode("unicode_escape").decode(),
                                                                 args.task), sampling=sampling)
         return rows

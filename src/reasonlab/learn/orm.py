@@ -486,7 +486,7 @@ def load_outcome_rows(path: str | Path) -> list[dict]:
 
 def sample_outcome_rows(cfg: ORMConfig, batch_problems: int = 32) -> list[dict]:
     """``samples_per_problem`` policy samples on ``problems`` problems of ``task``, labelled by its verifier."""
-    from reasonlab.policies import load_policy
+    from reasonlab.policies import hf_options, load_policy
     from reasonlab.tasks import load_task
     from reasonlab.types import SamplingParams, Status
 
@@ -494,7 +494,7 @@ def sample_outcome_rows(cfg: ORMConfig, batch_problems: int = 32) -> list[dict]:
     if cfg.strict_labels:
         task.use_strict_verifier()
     examples = task.examples(cfg.split, cfg.problems)
-    options = {"device": cfg.device} if cfg.backend in ("auto", "hf") and cfg.device != "auto" else {}
+    options = hf_options(cfg.device) if cfg.backend in ("auto", "hf") else {}
     policy = load_policy(cfg.sampler or cfg.model, backend=cfg.backend, **options)
     rows, failed = [], 0
     try:

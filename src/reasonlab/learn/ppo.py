@@ -56,13 +56,14 @@ class PPOConfig(GRPOConfig):
     share_prompt: bool = False
     """Not used by PPO yet: its forward also reads hidden states for the value head, from the flat layout."""
 
-    #: GRPO settings PPO's step does not read, with their defaults: setting one is refused, not silently ignored.
-    GRPO_ONLY = {"advantage": "grpo", "entropy_coef": 0.0, "entropy_token_fraction": 1.0,
-                 "negative_advantage_scale": 1.0, "dynamic_sampling": False, "overlong_buffer": 0}
+    #: GRPO settings PPO's step does not read: moving one off GRPO's default is refused, not silently ignored.
+    GRPO_ONLY = ("advantage", "entropy_coef", "entropy_token_fraction", "negative_advantage_scale", "dynamic_sampling",
+                 "overlong_buffer")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unused = [f"{k}={getattr(self, k)!r}" for k, default in self.GRPO_ONLY.items() if getattr(self, k) != default]
+        grpo = GRPOConfig.__dataclass_fields__
+        unused = [f"{k}={getattr(self, k)!r}" for k in self.GRPO_ONLY if getattr(self, k) != grpo[k].default]
         if unused:
             raise ValueError(f"PPO does not use {', '.join(unused)} (GRPO settings; PPO's advantages are GAE's)")
 

@@ -389,7 +389,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
         TimeRemainingColumn,
     )
 
-    from reasonlab.policies import load_policy
+    from reasonlab.policies import hf_options, load_policy
     from reasonlab.tasks import load_task
 
     task = load_task(cfg.task)
@@ -407,7 +407,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    options = {"device": cfg.device} if cfg.backend in ("auto", "hf") and cfg.device != "auto" else {}
+    options = hf_options(cfg.device) if cfg.backend in ("auto", "hf") else {}
     policy = load_policy(cfg.model, backend=cfg.backend, **options)
     written: list[dict] = []
     progress = Progress(TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
