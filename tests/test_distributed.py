@@ -58,7 +58,7 @@ def _weights_digest(cfg: GRPOConfig) -> list[str]:
     h = hashlib.sha256()
     for _, p in sorted(tr.model.named_parameters()):
         h.update(p.detach().numpy().tobytes())
-    out = gather((h.hexdigest(), recs[-1]["reward_mean"]), tr.world)
+    out = gather((h.hexdigest(), recs[-1]["reward_mean"], tr.index, [r["sampling_rounds"] for r in recs]), tr.world)
     close_world(tr.world)
     return out
 
@@ -71,10 +71,16 @@ def small_cfg(tmp_path, **kw) -> GRPOConfig:
     return GRPOConfig(**opts)
 
 
-def test_two_processes_keep_identical_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_two_processes_keep_identical_weights(tmp_path, monkeypatch, dynamic):
+    # With dynamic sampling the processes also take the same number of rounds from the summed count, so their
+    # data positions stay equal, and train on the informative groups dealt out from all of them.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    digests = launch(2, _weights_digest, small_cfg(tmp_path))
+    digests = launch(2, _weights_digest, small_cfg(tmp_path, dynamic_sampling=dynamic, max_sampling_rounds=4))
     assert len(digests) == 2 and digests[0][0] == digests[1][0]
+    assert digests[0][2:] == digests[1][2:]
+    if dynamic:
+        assert max(digests[0][3]) > 1 and digests[0][2] > 2 * 8  # some groups agreed, and more prompts were drawn
 
 
 def test_two_process_run_writes_one_run_and_resumes(tmp_path, monkeypatch):
@@ -91,8 +97,6 @@ def test_two_process_run_writes_one_run_and_resumes(tmp_path, monkeypatch):
 def test_bad_settings_are_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="split evenly"):
         small_cfg(tmp_path, prompts_per_step=3)
-    with pytest.raises(ValueError, match="dynamic sampling"):
-        small_cfg(tmp_path, dynamic_sampling=True)
     # An error inside the processes comes back to the caller as itself, not as a launcher failure.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     from reasonlab.errors import UsageError

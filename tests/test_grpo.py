@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -171,6 +172,65 @@ def test_entropy_token_fraction_gates_the_policy_gradient(tmp_path, monkeypatch)
     before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
     tr.step()
     assert all(torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+
+
+def fake_rollouts(trainer: Trainer, informative):
+    """Replace ``trainer.rollout`` with one whose groups agree or not as ``informative(position)`` says, where
+    ``position`` counts the prompts drawn so far in the run; returns the positions drawn."""
+    from reasonlab.learn.rollout import Sample
+
+    drawn: list[int] = []
+
+    def rollout(examples, seed, group_offset=0):
+        samples = []
+        for g, e in enumerate(examples):
+            drawn.append(len(drawn))
+            rewards = [1.0, 0.0] * (trainer.cfg.group_size // 2) if informative(drawn[-1]) else [1.0] * trainer.cfg.group_size
+            samples += [Sample(prompt_ids=[1, 2], completion_ids=[3, 4], sampler_logp=None, truncated=False,
+                               group=group_offset + g, example=e, reward=r) for r in rewards]
+        return samples, None, 0.0
+
+    trainer.rollout = rollout
+    return drawn
+
+
+def test_dynamic_sampling_drops_agreeing_groups_and_refills(tmp_path):
+    tr = Trainer(base_cfg(tmp_path, prompts_per_step=4, group_size=4, dynamic_sampling=True, max_sampling_rounds=3),
+                 task=small_task())
+    drawn = fake_rollouts(tr, lambda pos: pos % 2 == 0)
+    groups, rounds_out, _, _, rounds, seen, zero_var = tr.collect_groups()
+    # Round 1: 4 prompts, 2 informative; round 2: the 2 missing, 1 informative; round 3: the last one.
+    assert (len(groups), rounds, seen, zero_var, len(drawn), tr.index) == (4, 3, 7, 3, 7, 7)
+    assert all(len({s.reward for s in g}) == 2 for g in groups)
+    # The round cap ends the search with fewer groups; without dynamic sampling nothing is dropped.
+    tr.index = 0
+    drawn = fake_rollouts(tr, lambda pos: pos == 0)
+    groups, *_, rounds, seen, zero_var = tr.collect_groups()
+    assert (len(groups), rounds, seen) == (1, 3, 4 + 3 + 3)
+    tr.cfg = replace(tr.cfg, dynamic_sampling=False)
+    fake_rollouts(tr, lambda pos: pos == 0)
+    groups, *_, rounds, seen, zero_var = tr.collect_groups()
+    assert (len(groups), rounds, seen, zero_var) == (4, 1, 4, 3)
+
+
+def test_dynamic_sampling_deals_the_groups_found_over_processes(tmp_path, monkeypatch):
+    # Process 1 of 2: the groups every process found are pooled, cut to the batch and dealt out alternately.
+    import reasonlab.runtime.distributed as dist
+
+    from reasonlab.learn.rollout import Sample
+    from reasonlab.runtime.distributed import World
+
+    tr = Trainer(base_cfg(tmp_path, prompts_per_step=4, group_size=2, dynamic_sampling=True), task=small_task())
+    tr.world = World(rank=1, size=2)
+    grp = lambda name: [Sample([1], [2], None, False, 0, example=name, reward=r) for r in (0.0, 1.0)]  # noqa: E731
+    monkeypatch.setattr(dist, "gather", lambda obj, world: [[grp("a"), grp("b"), grp("c")], obj])
+    assert [g[0].example for g in tr.deal_groups([grp("d"), grp("e")], [])] == ["b", "d"]
+    # Fewer groups than processes: this one trains on a copy of a dropped group of its own, with loss weight 0.
+    monkeypatch.setattr(dist, "gather", lambda obj, world: [[grp("a")], obj])
+    spare = grp("z")
+    (mine,) = tr.deal_groups([], [spare])
+    assert [s.example for s in mine] == ["z", "z"] and all(s.loss_weight_scale == 0.0 for s in mine)
+    assert all(s.loss_weight_scale == 1.0 for s in spare)
 
 
 def test_soft_overlong_penalty():

@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -229,8 +229,6 @@ class GRPOConfig:
             raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {self.dual_clip}")
         if self.nproc > 1 and self.prompts_per_step % self.nproc:
             raise ValueError(f"prompts_per_step={self.prompts_per_step} does not split evenly over nproc={self.nproc}")
-        if self.nproc > 1 and self.dynamic_sampling:
-            raise ValueError("dynamic sampling is not supported with nproc > 1 yet")
         if self.overlong_buffer >= self.max_new_tokens:
             raise ValueError("overlong_buffer must be smaller than max_new_tokens")
         if not 0.0 < self.entropy_token_fraction <= 1.0:
@@ -293,9 +291,6 @@ class Trainer:
             if cfg.prompts_per_step % self.world.size:
                 raise UsageError(f"prompts_per_step={cfg.prompts_per_step} does not split evenly over "
                                  f"{self.world.size} processes")
-            if cfg.dynamic_sampling:
-                raise UsageError("dynamic sampling is not supported with several processes yet (their data "
-                                 "positions would drift apart)")
             if self.device.type == "cuda":
                 self.device = torch.device(f"cuda:{self.world.local_rank}")
                 torch.cuda.set_device(self.device)
@@ -401,6 +396,68 @@ class Trainer:
                                   example=e, text=c.text, reward=math.nan if r is None else r))
         return samples, scores, score_s
 
+    def collect_groups(self):
+        """This process's groups of the step, sampled and scored.
+
+        Without dynamic sampling: one round, this process's share of ``prompts_per_step`` prompts. With it
+        (DAPO), groups whose rewards all agree are dropped and further rounds draw more prompts, up to
+        ``max_sampling_rounds``, until the whole batch (over all processes) holds ``prompts_per_step``
+        informative groups. Every process takes the same decisions from the summed count, so their data
+        positions stay equal, and the groups found are then dealt out evenly (:meth:`deal_groups`).
+
+        Returns ``(groups, [(samples, scores) per round], generation_s, scoring_s, rounds, groups_seen,
+        zero_variance_groups)``; the last two count this process's groups of every round.
+        """
+        from reasonlab.runtime.distributed import sum_float
+
+        cfg = self.cfg
+        size = self.world.size
+        dynamic = cfg.dynamic_sampling
+        all_scores, gen_s, score_s, rounds, n_seen, n_zero_var = [], 0.0, 0.0, 0, 0, 0
+        kept: list[list[Any]] = []
+        dropped: list[list[Any]] = []
+        n_kept = 0  # informative groups over all processes
+        while n_kept < cfg.prompts_per_step and rounds < (cfg.max_sampling_rounds if dynamic else 1):
+            # A whole number of prompts per process, so that none is left without any.
+            need = math.ceil((cfg.prompts_per_step - n_kept) / size) * size
+            examples = self.shard(self.next_examples(need))
+            t0 = time.time()
+            new, scores, s_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101 + rounds
+                                            + 7_919 * self.world.rank, group_offset=n_seen)
+            gen_s += time.time() - t0 - s_s
+            score_s += s_s
+            rounds += 1
+            all_scores.append((new, scores))
+            for g in range(len(examples)):
+                grp = new[g * cfg.group_size:(g + 1) * cfg.group_size]
+                rs = [s.reward for s in grp if not math.isnan(s.reward)]
+                zero_var = len(rs) < 2 or max(rs) - min(rs) < 1e-9
+                n_zero_var += zero_var
+                (dropped if dynamic and zero_var else kept).append(grp)
+            n_seen += len(examples)
+            n_kept = len(kept) if size == 1 else int(sum_float(len(kept), self.world))
+        if n_kept == 0:  # every group agreed in every round: nothing to learn from this step
+            kept = [all_scores[-1][0][g * cfg.group_size:(g + 1) * cfg.group_size]
+                    for g in range(len(all_scores[-1][0]) // cfg.group_size)]
+        elif dynamic and size > 1:
+            kept = self.deal_groups(kept, dropped)
+        kept = kept[:cfg.prompts_per_step // size]
+        return kept, all_scores, gen_s, score_s, rounds, n_seen, n_zero_var
+
+    def deal_groups(self, kept: list[list[Any]], spare: list[list[Any]]) -> list[list[Any]]:
+        """Dynamic sampling over processes: the informative groups of all of them, cut to ``prompts_per_step``
+        and dealt out evenly, so each trains on its share of the batch whichever process sampled them. A process
+        left with none (fewer groups found than processes) trains on one of its own dropped groups with loss
+        weight 0: it adds nothing to the gradient or to the batch's token counts, but runs the same collectives.
+        """
+        from reasonlab.runtime.distributed import gather
+
+        pooled = [g for groups in gather(kept, self.world) for g in groups][:self.cfg.prompts_per_step]
+        mine = pooled[self.world.rank::self.world.size]
+        if not mine:  # copies: the group may be one that another process trains on
+            mine = [[replace(s, loss_weight_scale=0.0) for s in (spare or kept)[0]]]
+        return mine
+
     # -- one optimizer batch ---------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         import torch
@@ -412,31 +469,7 @@ class Trainer:
         cfg = self.cfg
         t_start = time.time()
         # 1. Rollouts (with dynamic sampling: more rounds until the batch holds informative groups).
-        all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = [], 0.0, 0.0, 0, 0, 0
-        kept_groups: list[list[Any]] = []
-        want = cfg.prompts_per_step // self.world.size  # this process's share of the batch
-        while len(kept_groups) < want and rounds < (cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
-            need = cfg.prompts_per_step - len(kept_groups)
-            examples = self.shard(self.next_examples(need))
-            t0 = time.time()
-            new, scores, s_s = self.rollout(examples, seed=cfg.seed * 1_000_003 + self.step_no * 101 + rounds
-                                            + 7_919 * self.world.rank, group_offset=n_groups_seen)
-            gen_s += time.time() - t0 - s_s
-            score_s += s_s
-            rounds += 1
-            all_scores.append((new, scores))
-            for g in range(len(examples)):
-                grp = new[g * cfg.group_size:(g + 1) * cfg.group_size]
-                rs = [s.reward for s in grp if not math.isnan(s.reward)]
-                zero_var = len(rs) < 2 or max(rs) - min(rs) < 1e-9
-                n_zero_var += zero_var
-                if not (cfg.dynamic_sampling and zero_var):
-                    kept_groups.append(grp)
-            n_groups_seen += len(examples)
-        if not kept_groups:  # every group agreed in every round: nothing to learn from this step
-            kept_groups = [all_scores[-1][0][g * cfg.group_size:(g + 1) * cfg.group_size]
-                           for g in range(len(all_scores[-1][0]) // cfg.group_size)]
-        kept_groups = kept_groups[:want]
+        kept_groups, all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = self.collect_groups()
         samples = [s for g in kept_groups for s in g]
 
         # 2. Rewards -> advantages. A sample whose reward could not be computed (all functions None:
