@@ -87,6 +87,7 @@ def test_two_process_run_writes_one_run_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     summary = train(small_cfg(tmp_path, max_steps=2))
     assert summary["steps"] == 2 and set(summary["val_accuracy_by_step"]) == {0, 2}
+    assert summary["rollouts"] == 2 * 8 * 4  # both processes' rollouts: 2 steps of 8 prompts x 4
     run = tmp_path / "run"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert sum('"reward_mean"' in ln for ln in lines) == 2  # one record per step, from the main process only

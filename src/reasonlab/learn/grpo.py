@@ -583,8 +583,7 @@ class Trainer:
 
         # 4. Metrics.
         gen_tokens = sum(len(s.completion_ids) for new, _ in all_scores for s in new)
-        self.totals["rollouts"] += sum(len(new) for new, _ in all_scores)
-        self.totals["generated_tokens"] += gen_tokens
+        self.add_totals(sum(len(new) for new, _ in all_scores), gen_tokens)
         wall = time.time() - t_start
         rec: dict[str, Any] = {
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
@@ -632,6 +631,20 @@ class Trainer:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         all_reduce_sum_([p.grad for p in self.params], self.world)
+
+    def add_totals(self, rollouts: int, generated_tokens: int) -> None:
+        """Count a step's rollouts and generated tokens in the run's totals, summed over processes (each counts
+        its own share; the summary is the main process's)."""
+        if self.world.size > 1:
+            import torch
+
+            from reasonlab.runtime.distributed import all_reduce_sum_
+
+            both = torch.tensor([float(rollouts), float(generated_tokens)], dtype=torch.float64)
+            all_reduce_sum_([both], self.world)
+            rollouts, generated_tokens = int(both[0]), int(both[1])
+        self.totals["rollouts"] += rollouts
+        self.totals["generated_tokens"] += generated_tokens
 
     def merge_metrics(self, rec: dict[str, Any]) -> dict[str, Any]:
         """The whole batch's metrics from every process's (on every process)."""

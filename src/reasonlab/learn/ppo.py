@@ -240,8 +240,7 @@ class PPOTrainer(Trainer):
         self.step_no += 1
 
         lens = [len(s.completion_ids) for s in samples]
-        self.totals["rollouts"] += len(samples)
-        self.totals["generated_tokens"] += sum(lens)
+        self.add_totals(len(samples), sum(lens))
         wall = time.time() - t_start
         rewards = [s.reward for s in samples]
         rmean = sum(rewards) / len(rewards)
