@@ -198,19 +198,20 @@ def test_dynamic_sampling_drops_agreeing_groups_and_refills(tmp_path):
     tr = Trainer(base_cfg(tmp_path, prompts_per_step=4, group_size=4, dynamic_sampling=True, max_sampling_rounds=3),
                  task=small_task())
     drawn = fake_rollouts(tr, lambda pos: pos % 2 == 0)
-    groups, rounds_out, _, _, rounds, seen, zero_var = tr.collect_groups()
+    got = tr.collect_groups()
     # Round 1: 4 prompts, 2 informative; round 2: the 2 missing, 1 informative; round 3: the last one.
-    assert (len(groups), rounds, seen, zero_var, len(drawn), tr.index) == (4, 3, 7, 3, 7, 7)
-    assert all(len({s.reward for s in g}) == 2 for g in groups)
+    assert (len(got.groups), got.rounds, got.groups_seen, got.zero_variance_groups, len(drawn), tr.index) == \
+        (4, 3, 7, 3, 7, 7)
+    assert all(len({s.reward for s in g}) == 2 for g in got.groups)
     # The round cap ends the search with fewer groups; without dynamic sampling nothing is dropped.
     tr.index = 0
-    drawn = fake_rollouts(tr, lambda pos: pos == 0)
-    groups, *_, rounds, seen, zero_var = tr.collect_groups()
-    assert (len(groups), rounds, seen) == (1, 3, 4 + 3 + 3)
+    fake_rollouts(tr, lambda pos: pos == 0)
+    got = tr.collect_groups()
+    assert (len(got.groups), got.rounds, got.groups_seen) == (1, 3, 4 + 3 + 3)
     tr.cfg = replace(tr.cfg, dynamic_sampling=False)
     fake_rollouts(tr, lambda pos: pos == 0)
-    groups, *_, rounds, seen, zero_var = tr.collect_groups()
-    assert (len(groups), rounds, seen, zero_var) == (4, 1, 4, 3)
+    got = tr.collect_groups()
+    assert (len(got.groups), got.rounds, got.groups_seen, got.zero_variance_groups) == (4, 1, 4, 3)
 
 
 def test_dynamic_sampling_deals_the_groups_found_over_processes(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from reasonlab import config as config_lib
 from reasonlab.errors import UsageError
@@ -258,6 +258,22 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class StepRollouts(NamedTuple):
+    """A step's sampled and scored groups (:meth:`Trainer.collect_groups`)."""
+
+    groups: list[list[Any]]
+    """This process's groups to train on, ``group_size`` samples each."""
+    rounds_out: list[tuple[list[Any], Any]]
+    """Every round's (samples, scores), dropped groups included."""
+    generation_s: float
+    scoring_s: float
+    rounds: int
+    groups_seen: int
+    """This process's groups over every round."""
+    zero_variance_groups: int
+    """Of those, the groups whose rewards all agree."""
+
+
 class Trainer:
     """The state of a GRPO run; :meth:`step` is one optimizer batch. :func:`train` drives it."""
 
@@ -396,7 +412,7 @@ class Trainer:
                                   example=e, text=c.text, reward=math.nan if r is None else r))
         return samples, scores, score_s
 
-    def collect_groups(self):
+    def collect_groups(self) -> StepRollouts:
         """This process's groups of the step, sampled and scored.
 
         Without dynamic sampling: one round, this process's share of ``prompts_per_step`` prompts. With it
@@ -405,8 +421,6 @@ class Trainer:
         informative groups. Every process takes the same decisions from the summed count, so their data
         positions stay equal, and the groups found are then dealt out evenly (:meth:`deal_groups`).
 
-        Returns ``(groups, [(samples, scores) per round], generation_s, scoring_s, rounds, groups_seen,
-        zero_variance_groups)``; the last two count this process's groups of every round.
         """
         from reasonlab.runtime.distributed import sum_float
 
@@ -442,7 +456,7 @@ class Trainer:
         elif dynamic and size > 1:
             kept = self.deal_groups(kept, dropped)
         kept = kept[:cfg.prompts_per_step // size]
-        return kept, all_scores, gen_s, score_s, rounds, n_seen, n_zero_var
+        return StepRollouts(kept, all_scores, gen_s, score_s, rounds, n_seen, n_zero_var)
 
     def deal_groups(self, kept: list[list[Any]], spare: list[list[Any]]) -> list[list[Any]]:
         """Dynamic sampling over processes: the informative groups of all of them, cut to ``prompts_per_step``
