@@ -7,6 +7,8 @@ line and exits with code 2; the library lets it propagate like any other excepti
 
 from __future__ import annotations
 
+import sys
+
 
 class ReasonlabError(Exception):
     """Base class for errors reasonlab raises on purpose."""
@@ -34,3 +36,8 @@ class BackendError(ReasonlabError):
     """A policy backend failed at run time (server unreachable after retries, model crashed)."""
 
     exit_code = 1
+
+
+def print_error(e: BaseException, kind: str = "error") -> None:
+    """Print ``e`` as every command reports a failure: one line, ``reasonlab: <kind>: <message>``, on stderr."""
+    print(f"reasonlab: {kind}: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from reasonlab.errors import BackendError, ReasonlabError, UsageError
+from reasonlab.errors import BackendError, ReasonlabError, UsageError, print_error
 
 USAGE = """usage: reasonlab <command> [options]
 
@@ -107,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     except UsageError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except BackendError as e:
-        print(f"reasonlab: backend error: {e}", file=sys.stderr)
+        print_error(e, "backend error")
         return 1
     except ReasonlabError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return 1
     except KeyboardInterrupt as e:
         print(f"reasonlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonlab import config as config_lib
-from reasonlab.errors import UsageError
+from reasonlab.errors import UsageError, print_error
 from reasonlab.learn.sft import (
     TrainLoopConfig,
     adamw,
@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None, config_cls: type = ORMConfig, prog: str 
         cfg = config_lib.parse(config_cls, argv, prog=prog)
         summary = (train_fn or train)(cfg)
     except UsageError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)

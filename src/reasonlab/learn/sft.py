@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reasonlab import config as config_lib
-from reasonlab.errors import UsageError
+from reasonlab.errors import UsageError, print_error
 
 
 @dataclass(frozen=True)
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_lib.parse(SFTConfig, argv, prog="reasonlab train sft")
         summary = train(cfg)
     except UsageError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the latest checkpoint", file=sys.stderr)

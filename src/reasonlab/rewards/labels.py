@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonlab import config as config_lib
-from reasonlab.errors import DataError, UsageError
+from reasonlab.errors import DataError, UsageError, print_error
 from reasonlab.rewards.reward_model import unescape
 from reasonlab.rewards.steps import split_steps
 from reasonlab.types import Example, SamplingParams, Status
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_lib.parse(LabelConfig, argv, prog="reasonlab label")
         summary = run(cfg)
     except UsageError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reasonlab.errors import UsageError
+from reasonlab.errors import UsageError, print_error
 from reasonlab.runtime.metrics import METRICS_FILE
 from reasonlab.runtime.rundir import RunDir
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = plot_metrics(a.run_dir, a.keys.split(",") if a.keys else None, a.out)
     except UsageError as e:
-        print(f"reasonlab: error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     print(path)
     return 0
