@@ -420,7 +420,6 @@ class Trainer:
         ``max_sampling_rounds``, until the whole batch (over all processes) holds ``prompts_per_step``
         informative groups. Every process takes the same decisions from the summed count, so their data
         positions stay equal, and the groups found are then dealt out evenly (:meth:`deal_groups`).
-
         """
         from reasonlab.runtime.distributed import sum_float
 
