@@ -46,11 +46,13 @@ def mean_sampled_reward(trainer: Trainer, examples, seed: int = 123, n: int = 16
     return sum(r.correct for r in res) / len(res)
 
 
-@pytest.mark.parametrize("process", ["", "steps"])
-def test_grpo_raises_reward_on_its_training_prompts(tmp_path, process):
-    # Outcome rewards alone, and with process supervision from arith's step checker.
+@pytest.mark.parametrize("process, downsample", [("", 0), ("steps", 0), ("", 4)])
+def test_grpo_raises_reward_on_its_training_prompts(tmp_path, process, downsample):
+    # Outcome rewards alone, with process supervision from arith's step checker, and trained on half of each
+    # group (PODS's max-variance down-sampling).
     task = small_task()
-    cfg = base_cfg(tmp_path, max_steps=12, prompts_per_step=16, lr=2e-4, save_every=0, process_rewards=process)
+    cfg = base_cfg(tmp_path, max_steps=12, prompts_per_step=16, lr=2e-4, save_every=0, process_rewards=process,
+                   downsample=downsample)
     tr = Trainer(cfg, task=task)
     before = mean_sampled_reward(tr, tr.train_examples)
     recs = [tr.step() for _ in range(cfg.max_steps)]
@@ -174,6 +176,29 @@ def test_entropy_token_fraction_gates_the_policy_gradient(tmp_path, monkeypatch)
     assert all(torch.equal(before[k], v) for k, v in tr.model.named_parameters())
 
 
+@pytest.mark.parametrize("process", ["", "steps"])
+def test_downsample_trains_on_the_max_variance_half_of_each_group(tmp_path, process):
+    tr = Trainer(base_cfg(tmp_path, downsample=4, prompts_per_step=4, process_rewards=process), task=small_task())
+    sampled = []
+    collect = tr.collect_groups
+    tr.collect_groups = lambda: sampled.append(collect()) or sampled[-1]
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    rec = tr.step()
+    full = {g[0].group: [s.reward for s in g] for g in sampled[0].groups}
+    trained: dict[int, list] = {}
+    for s in tr.last_samples:
+        trained.setdefault(s.group, []).append(s)
+    assert trained.keys() == full.keys() and all(len(g) == 4 for g in trained.values())
+    assert any(0 < sum(r) < 8 for r in full.values())  # some groups were mixed
+    for grp, g in trained.items():
+        # The four whose rewards vary most: as near 2 right and 2 wrong as the group allows (k right of 8).
+        k = sum(full[grp])
+        assert sum(s.reward for s in g) == min(max(2, k - 4), k), (full[grp], [s.reward for s in g])
+        assert sum(s.advantage for s in g) == pytest.approx(0.0, abs=1e-5)  # advantages within the four
+    assert rec["trained_fraction"] <= 0.5  # of the step's 32 rollouts, at most 4 per group were trained on
+    assert any(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+
+
 def fake_rollouts(trainer: Trainer, informative):
     """Replace ``trainer.rollout`` with one whose groups agree or not as ``informative(position)`` says, where
     ``position`` counts the prompts drawn so far in the run; returns the positions drawn."""
@@ -266,6 +291,11 @@ def test_bad_settings_are_refused():
         GRPOConfig(top_p=0.0)
     with pytest.raises(ValueError, match="entropy_token_fraction"):
         GRPOConfig(entropy_token_fraction=0.0)
+    for bad in (1, 9):
+        with pytest.raises(ValueError, match="downsample must be 0 .off. or 2..group_size=8"):
+            GRPOConfig(downsample=bad)
+    with pytest.raises(ValueError, match="PPO does not use downsample=2"):
+        PPOConfig(downsample=2)
     # GRPO-only settings that PPO's step never reads are refused, not silently ignored.
     with pytest.raises(ValueError, match="PPO does not use entropy_token_fraction=0.2, negative_advantage_scale=0.5"):
         PPOConfig(entropy_token_fraction=0.2, negative_advantage_scale=0.5)

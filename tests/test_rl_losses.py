@@ -60,6 +60,31 @@ def test_top_entropy_mask_keeps_the_forking_tokens():
     assert L.top_entropy_mask(ent, torch.zeros_like(mask), 0.2).sum() == 0
 
 
+def test_max_variance_subset_keeps_the_minority_outcome():
+    r = torch.tensor([[1.0, 1, 1, 1, 1, 1, 1, 0],   # 7 right, 1 wrong: the wrong one and 3 right
+                      [0.0, 0, 1, 0, 0, 1, 0, 0],   # 2 right: both, and 2 wrong
+                      [1.0, 1, 1, 1, 1, 1, 1, 1]])  # all agree: the last 4
+    assert L.max_variance_subset(r, 4).tolist() == [[4, 5, 6, 7], [2, 5, 6, 7], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="cannot keep 9 of 8"):
+        L.max_variance_subset(r, 9)
+
+
+def test_max_variance_subset_matches_brute_force():
+    import itertools
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        n = int(torch.randint(2, 9, (1,), generator=g))
+        m = int(torch.randint(1, n + 1, (1,), generator=g))
+        r = torch.randint(0, 4, (3, n), generator=g).float() + torch.rand(3, n, generator=g) * (_ % 2)
+        idx = L.max_variance_subset(r, m)
+        assert idx.shape == (3, m)
+        for row in range(3):
+            assert len(set(idx[row].tolist())) == m
+            best = max(float(r[row, list(c)].var(unbiased=False)) for c in itertools.combinations(range(n), m))
+            assert float(r[row, idx[row]].var(unbiased=False)) == pytest.approx(best, abs=1e-6)
+
+
 def test_rloo_leave_one_out_baseline():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     # A_0 = 1 - mean(0,0,1) = 2/3; A_1 = 0 - mean(1,0,1) = -2/3

@@ -14,6 +14,7 @@ in :func:`train`; the maths are the pure functions of ``losses.py``, chosen by n
   ``entropy_coef``; ``dynamic_sampling`` (DAPO: drop groups whose rewards all agree, sample more);
   ``overlong_filter`` (DAPO: truncated samples get no loss) and ``overlong_buffer`` (DAPO's soft
   overlong punishment); ``negative_advantage_scale`` (below 1: lean on the samples that beat their group);
+  ``downsample`` (PODS: train on the max-variance subset of each group);
 - the learning rate: ``lr_schedule`` constant, cosine, linear or wsd after ``warmup_steps``, decaying over the
   steps or, with ``schedule_horizon=time``, over the run's ``max_minutes``.
 
@@ -112,6 +113,11 @@ class GRPOConfig:
     """Nucleus sampling threshold of the rollouts."""
     top_k: int = 0
     """Top-k of the rollouts (0 disables)."""
+    downsample: int = 0
+    """PODS (Xu et al. 2025): train on only this many of each group's ``group_size`` completions, the ones whose
+    rewards vary most (max-variance down-sampling: of 7 right and 1 wrong, the wrong one and downsample - 1 right
+    ones), with advantages computed within them. Generating is cheaper per completion than training on it, so a
+    step samples widely and trains on the informative subset. 0 trains on all."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards all agree (no learning signal) and sample more prompts to refill the batch."""
     max_sampling_rounds: int = 3
@@ -225,6 +231,8 @@ class GRPOConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.advantage == "rloo" and self.group_size < 2:
             raise ValueError("rloo needs group_size >= 2")
+        if self.downsample and not 2 <= self.downsample <= self.group_size:
+            raise ValueError(f"downsample must be 0 (off) or 2..group_size={self.group_size}, got {self.downsample}")
         if self.dual_clip and self.dual_clip <= 1:
             raise ValueError(f"dual_clip must be > 1 (or 0 to disable), got {self.dual_clip}")
         if self.nproc > 1 and self.prompts_per_step % self.nproc:
@@ -483,11 +491,11 @@ class Trainer:
         t_start = time.time()
         # 1. Rollouts (with dynamic sampling: more rounds until the batch holds informative groups).
         kept_groups, all_scores, gen_s, score_s, rounds, n_groups_seen, n_zero_var = self.collect_groups()
-        samples = [s for g in kept_groups for s in g]
+        rollouts = [s for g in kept_groups for s in g]
 
         # 2. Rewards -> advantages. A sample whose reward could not be computed (all functions None:
         # e.g. a verifier timeout) takes its group's mean reward, i.e. advantage 0: it teaches nothing.
-        for s in samples:
+        for s in rollouts:
             if cfg.overlong_buffer:
                 s.reward += soft_overlong_penalty(len(s.completion_ids), cfg.max_new_tokens, cfg.overlong_buffer,
                                                   cfg.overlong_penalty) if not math.isnan(s.reward) else 0.0
@@ -496,6 +504,12 @@ class Trainer:
         if missing.any():
             fill = torch.nanmean(rewards, dim=1, keepdim=True).nan_to_num(0.0).expand_as(rewards)
             rewards = torch.where(missing, fill, rewards)
+        batch_rewards = rewards
+        if cfg.downsample:  # PODS: train on the subset of each group whose rewards vary most
+            keep = losses.max_variance_subset(rewards, cfg.downsample)
+            rewards = rewards.gather(1, keep)
+            kept_groups = [[g[j] for j in row] for g, row in zip(kept_groups, keep.tolist())]
+        samples = [s for g in kept_groups for s in g]
         adv = losses.ADVANTAGES[cfg.advantage](rewards).flatten()
         for s, a in zip(samples, adv.tolist()):
             s.advantage = a
@@ -599,13 +613,13 @@ class Trainer:
         self.add_totals(sum(len(new) for new, _ in all_scores), gen_tokens)
         wall = time.time() - t_start
         rec: dict[str, Any] = {
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+            "reward_mean": float(batch_rewards.mean()), "reward_std": float(batch_rewards.std(unbiased=False)),
             "advantage_abs_mean": float(adv.abs().mean()),
             **stats,
             "grad_norm": float(grad_norm), "lr": lr,
-            **sample_metrics(samples),
+            **sample_metrics(rollouts),
             "zero_variance_groups": n_zero_var / max(n_groups_seen, 1),
-            "trained_fraction": len(active) / len(samples),
+            "trained_fraction": len(active) / len(rollouts),
             "sampling_rounds": rounds,
             "tokens_per_s": gen_tokens / max(wall, 1e-9),
             "time_generation_s": gen_s, "time_scoring_s": score_s, "time_training_s": train_s, "time_step_s": wall,
@@ -700,7 +714,7 @@ class Trainer:
         from reasonlab.learn import losses
 
         r, m, end, stats = self.step_rewards(samples)
-        adv = losses.process_advantages(r, m, end, self.cfg.group_size, t_max)
+        adv = losses.process_advantages(r, m, end, self.cfg.downsample or self.cfg.group_size, t_max)
         n_tok = max(sum(len(s.completion_ids) for s in samples), 1)
         stats["process/advantage_abs_mean"] = float(adv.abs().sum() / n_tok)
         return adv, stats

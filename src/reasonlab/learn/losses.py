@@ -13,6 +13,7 @@ References, by function:
 - ``process_advantages``: GRPO with process supervision (DeepSeekMath section 4.1.3).
 - ``group_advantages``: GRPO, Shao et al. 2024 (DeepSeekMath) eq. 3 with std scaling by group;
   scaling by batch std or none is Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training").
+- ``max_variance_subset``: PODS (Xu et al. 2025, "Not All Rollouts are Useful"), max-variance down-sampling.
 - ``rloo_advantages``: Ahmadian et al. 2024 ("Back to Basics"), leave-one-out baseline.
 - ``reinforce_pp_advantages``: REINFORCE++ (Hu 2025): baseline, then normalised over the whole batch.
 - ``policy_loss``: PPO clipped surrogate (Schulman et al. 2017) with asymmetric bounds
@@ -109,6 +110,26 @@ def scale_negative(adv: torch.Tensor, scale: float) -> torch.Tensor:
     nor made a 5x higher rate safe (BENCHMARKS, "Online RL learns", session 11).
     """
     return adv if scale == 1.0 else torch.where(adv < 0, adv * scale, adv)
+
+
+def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
+    """PODS's max-variance down-sampling: for each row, the indices of the ``m`` rewards whose (population)
+    variance is largest. ``rewards: (P, n)``, ``1 <= m <= n`` -> ``(P, m)`` long, ascending in each row.
+
+    Some variance-maximising subset is always made of the ``i`` lowest and ``m - i`` highest rewards for some
+    ``i`` (Xu et al. 2025, lemma 3.1), so only the ``m + 1`` such splits of each sorted row are compared. With
+    binary rewards this keeps as many of the minority outcome as balance allows: of 7 right and 1 wrong, the
+    wrong one and ``m - 1`` right ones. Ties go to the smallest ``i``; rows whose rewards all agree keep their
+    last ``m`` indices.
+    """
+    p, n = rewards.shape
+    if not 1 <= m <= n:
+        raise ValueError(f"cannot keep {m} of {n} rewards per row")
+    vals, order = rewards.sort(dim=1, stable=True)
+    splits = [torch.cat([order[:, :i], order[:, n - (m - i):]], dim=1) for i in range(m + 1)]
+    var = torch.stack([torch.cat([vals[:, :i], vals[:, n - (m - i):]], dim=1).var(dim=1, unbiased=False)
+                       for i in range(m + 1)], dim=1)  # (P, m + 1)
+    return torch.stack(splits)[var.argmax(dim=1), torch.arange(p)].sort(dim=1).values
 
 
 #: Advantage estimators selectable by name in configs (outcome reward per sequence).

@@ -58,7 +58,7 @@ class PPOConfig(GRPOConfig):
 
     #: GRPO settings PPO's step does not read: moving one off GRPO's default is refused, not silently ignored.
     GRPO_ONLY = ("advantage", "entropy_coef", "entropy_token_fraction", "negative_advantage_scale", "dynamic_sampling",
-                 "overlong_buffer")
+                 "overlong_buffer", "downsample")
 
     def __post_init__(self) -> None:
         super().__post_init__()
