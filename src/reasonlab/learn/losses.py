@@ -117,7 +117,7 @@ def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
     variance is largest. ``rewards: (P, n)``, ``1 <= m <= n`` -> ``(P, m)`` long, ascending in each row.
 
     Some variance-maximising subset is always made of the ``i`` lowest and ``m - i`` highest rewards for some
-    ``i`` (Xu et al. 2025, lemma 3.1), so only the ``m + 1`` such splits of each sorted row are compared. With
+    ``i`` (as Xu et al. 2025 prove), so only the ``m + 1`` such splits of each sorted row are compared. With
     binary rewards this keeps as many of the minority outcome as balance allows: of 7 right and 1 wrong, the
     wrong one and ``m - 1`` right ones. Ties go to the smallest ``i``; rows whose rewards all agree keep their
     last ``m`` indices.
