@@ -3,6 +3,7 @@
 - GRPO raises the reward on a fixed set of training prompts (it learns, not just runs);
 - a run stopped mid-way and resumed matches the uninterrupted run's next steps and final weights;
 - RLOO, REINFORCE++ and PPO run their own advantage estimators through the same loop;
+- PODS down-sampling trains on each group's max-variance subset, and still raises the reward;
 - the anomaly monitor rolls a run back to its last checkpoint when a reward hack appears;
 - a failing reward function stops the run with its name, or is skipped and reported.
 """
@@ -294,11 +295,11 @@ def test_bad_settings_are_refused():
     for bad in (1, 9):
         with pytest.raises(ValueError, match="downsample must be 0 .off. or 2..group_size=8"):
             GRPOConfig(downsample=bad)
-    with pytest.raises(ValueError, match="PPO does not use downsample=2"):
-        PPOConfig(downsample=2)
     # GRPO-only settings that PPO's step never reads are refused, not silently ignored.
     with pytest.raises(ValueError, match="PPO does not use entropy_token_fraction=0.2, negative_advantage_scale=0.5"):
         PPOConfig(entropy_token_fraction=0.2, negative_advantage_scale=0.5)
+    with pytest.raises(ValueError, match="PPO does not use downsample=2"):
+        PPOConfig(downsample=2)
     with pytest.raises(ValueError, match="max_grad_norm"):
         GRPOConfig(max_grad_norm=-1.0)
     with pytest.raises(UsageError, match="unknown reward"):
