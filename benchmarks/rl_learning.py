@@ -64,10 +64,12 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     runs: dict[str, Path] = {}
     specs = [a.strip() for a in args.algos.split(",") if a.strip()]
+    # Checked before any run: a typo must not wait for 15 minutes of training.
     unknown = [s.partition(":")[0] for s in specs if s.partition(":")[0] not in table]
-    if unknown or args.repeats < 1:  # checked before any run: a typo must not wait for 15 minutes of training
-        sys.exit(f"unknown algorithm {unknown[0]!r}; choose from {', '.join(table)}" if unknown
-                 else f"--repeats must be >= 1, got {args.repeats}")
+    if unknown:
+        sys.exit(f"unknown algorithm {unknown[0]!r}; choose from {', '.join(table)}")
+    if args.repeats < 1:
+        sys.exit(f"--repeats must be >= 1, got {args.repeats}")
     for rep, spec in [(r, s) for r in range(1, args.repeats + 1) for s in specs]:
         algo, _, variant = spec.partition(":")
         cls, trainer_cls = table[algo]

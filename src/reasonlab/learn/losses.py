@@ -125,11 +125,10 @@ def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
     p, n = rewards.shape
     if not 1 <= m <= n:
         raise ValueError(f"cannot keep {m} of {n} rewards per row")
-    vals, order = rewards.sort(dim=1, stable=True)
-    splits = [torch.cat([order[:, :i], order[:, n - (m - i):]], dim=1) for i in range(m + 1)]
-    var = torch.stack([torch.cat([vals[:, :i], vals[:, n - (m - i):]], dim=1).var(dim=1, unbiased=False)
-                       for i in range(m + 1)], dim=1)  # (P, m + 1)
-    return torch.stack(splits)[var.argmax(dim=1), torch.arange(p)].sort(dim=1).values
+    order = rewards.argsort(dim=1, stable=True)
+    splits = torch.stack([torch.cat([order[:, :i], order[:, n - (m - i):]], dim=1) for i in range(m + 1)])  # (m+1, P, m)
+    var = rewards.expand(m + 1, p, n).gather(2, splits).var(dim=2, unbiased=False)  # (m + 1, P)
+    return splits[var.argmax(dim=0), torch.arange(p)].sort(dim=1).values
 
 
 #: Advantage estimators selectable by name in configs (outcome reward per sequence).
