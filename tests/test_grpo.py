@@ -358,7 +358,8 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, monkeyp
 
     def run(skip: bool):
         # The flat layout, whose micro-batching the patch below reaches (test_grpo_share covers the shared one).
-        cfg = base_cfg(tmp_path / str(skip), max_steps=1, prompts_per_step=8, group_size=4, share_prompt=False)
+        cfg = base_cfg(tmp_path / str(skip), max_steps=1, prompts_per_step=8, group_size=4, share_prompt=False,
+                       merge_twins=False)
         tr = Trainer(cfg, task=small_task())
         grads = grads_at_step(tr)
         return tr.step(), grads
@@ -372,3 +373,30 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(tmp_path, monkeyp
     assert g_skip and g_skip.keys() == g_all.keys()
     for k in g_skip:
         torch.testing.assert_close(g_skip[k], g_all[k], atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo, share, process", [("grpo", False, ""), ("grpo", True, ""), ("grpo", True, "steps"),
+                                                   ("ppo", False, ""), ("ppo", False, "steps")])
+def test_merging_twin_completions_gives_the_same_update(tmp_path, grads_at_step, algo, share, process):
+    ppo = algo == "ppo"
+
+    def run(merge: bool):
+        cfg = base_cfg(tmp_path / str(merge), max_steps=1, prompts_per_step=8, group_size=8, share_prompt=share,
+                       process_rewards=process, merge_twins=merge)
+        if ppo:  # with a KL penalty in the token rewards (and the adaptive controller) and 2 epochs
+            cfg = PPOConfig(**{**vars(cfg), "beta": 0.02, "kl_target": 0.05, "mu": 2})
+        tr = (PPOTrainer if ppo else Trainer)(cfg, task=small_task())
+        grads = grads_at_step(tr)
+        return tr.step(), grads
+
+    rec_m, g_m = run(True)
+    rec_u, g_u = run(False)
+    # tiny samples the same completion of a prompt several times: those rows were trained once, weights summed.
+    assert rec_m["twin_fraction"] > 0.2 and rec_u["twin_fraction"] == 0.0
+    assert rec_m["reward_mean"] == rec_u["reward_mean"]
+    keys = ("loss", "entropy", "clipped_low") + (("kl", "value_mean", "value_loss") if ppo else ("trained_fraction",))
+    for k in keys:  # sample averages count the merged twins
+        assert rec_m[k] == pytest.approx(rec_u[k], rel=1e-4, abs=1e-9), k
+    assert g_m and g_m.keys() == g_u.keys()
+    for k in g_m:
+        torch.testing.assert_close(g_m[k], g_u[k], atol=1e-7, rtol=1e-4)

@@ -170,11 +170,36 @@ def test_trainer_step_gives_the_same_update_with_and_without_sharing(tmp_path, m
 
 
 def test_skipping_zero_advantage_samples_with_sharing_gives_the_same_update(tmp_path, monkeypatch, grads_at_step):
-    rec_skip, g_skip = one_step(tmp_path / "a", grads_at_step, share_prompt=True)
+    # Without twin merging, whose summed weights assume the merged rows are left out.
+    rec_skip, g_skip = one_step(tmp_path / "a", grads_at_step, share_prompt=True, merge_twins=False)
     full = rollout.make_group_microbatches
     monkeypatch.setattr(rollout, "make_group_microbatches", lambda s, rows, pad, include=None: full(s, rows, pad))
-    rec_all, g_all = one_step(tmp_path / "b", grads_at_step, share_prompt=True)
+    rec_all, g_all = one_step(tmp_path / "b", grads_at_step, share_prompt=True, merge_twins=False)
     assert rec_skip["trained_fraction"] < 1.0
     assert rec_skip["reward_mean"] == rec_all["reward_mean"]
     assert rec_skip["grad_norm"] == pytest.approx(rec_all["grad_norm"], rel=1e-5)
     assert_same_grads(g_skip, g_all)
+
+
+def test_merge_twins_trains_each_distinct_sample_once_with_the_twins_weights():
+    def sample(prompt, completion, scale=1.0):
+        return Sample(prompt_ids=prompt, completion_ids=completion, sampler_logp=None, truncated=False, group=0,
+                      loss_weight_scale=scale)
+
+    samples = [sample([1, 2], [5, 6]),        # 0
+               sample([1, 2], [5, 6]),        # 1: twin of 0
+               sample([1, 2], [5, 7]),        # 2: another completion
+               sample([1, 3], [5, 6]),        # 3: another prompt
+               sample([1, 2], [5, 6]),        # 4: twin of 0, but other advantages (another reward)
+               sample([1, 2], [5, 6], 0.0),   # 5: twin of 0, but out of the loss
+               sample([1, 2], [5, 6]),        # 6: twin of 0, not trained on (not in include)
+               sample([1, 2], [5, 6, 8])]     # 7: longer; twin of 0's prefix only
+    adv = torch.tensor([[1.0, 1.0, 0.0]] * 4 + [[-1.0, -1.0, 0.0]] + [[1.0, 1.0, 0.0]] * 3)
+    adv[7, 2] = 1.0
+    weights = torch.rand(8, 3) * (torch.arange(3) < 2)
+    weights[7, 2] = 0.5
+    kept, merged, counts = rollout.merge_twins(samples, [0, 1, 2, 3, 4, 5, 7], adv, weights)
+    assert kept == [0, 2, 3, 4, 5, 7]
+    torch.testing.assert_close(merged[0], weights[0] + weights[1])
+    assert torch.equal(merged[1:], weights[1:])  # the others, the merged-away twin's row included, as they were
+    assert counts.tolist() == [2, 0, 1, 1, 1, 1, 0, 1]

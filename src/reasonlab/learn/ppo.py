@@ -141,7 +141,7 @@ class PPOTrainer(Trainer):
         import torch
 
         from reasonlab.learn import losses
-        from reasonlab.learn.rollout import make_microbatches, sample_metrics, token_logps
+        from reasonlab.learn.rollout import make_microbatches, merge_twins, sample_metrics, token_logps
         from reasonlab.runtime.distributed import sum_float
 
         cfg = self.cfg
@@ -165,10 +165,28 @@ class PPOTrainer(Trainer):
             score_s += time.time() - t0
 
         t_train = time.time()
-        mbs = make_microbatches(samples, cfg.micro_batch_size, self.policy.pad_id)
+        t_max = max(max(len(s.completion_ids) for s in samples), 1)
+        full_mask = torch.zeros((len(samples), t_max))
+        for i, s in enumerate(samples):
+            full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
+        weights = self.batch_weights(full_mask)
+        # Twins (the same completion of a prompt with the same rewards) have the same old log-probs, values,
+        # reference log-probs and so GAE advantages: each distinct one runs once, with the twins' loss weights
+        # summed, and counts weigh it as the samples it stands for in the batch statistics below.
+        trained, counts = list(range(len(samples))), torch.ones(len(samples))
+        if cfg.merge_twins:
+            token_r = torch.zeros((len(samples), t_max))
+            for i, s in enumerate(samples):
+                if s.completion_ids:
+                    token_r[i, len(s.completion_ids) - 1] = s.reward
+                if step_r is not None:
+                    token_r[i].index_add_(0, step_r[1][i], step_r[0][i].to(token_r.dtype))
+            trained, weights, counts = merge_twins(samples, trained, token_r, weights)
+        mbs = make_microbatches(samples, cfg.micro_batch_size, self.policy.pad_id, include=trained)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
         # 1. Rollout statistics under the sampling weights: old log-probs, values, reference log-probs.
-        old_logp, old_values, adv_t, ret_t, kls = {}, {}, {}, {}, []
+        old_logp, old_values, adv_t, ret_t = {}, {}, {}, {}
+        kl_sum = kl_n = 0.0
         self.model.eval()
         with torch.no_grad():
             for m, mb in enumerate(mbs):
@@ -182,7 +200,8 @@ class PPOTrainer(Trainer):
                     ref = self._ref_logp(mb, autocast)
                     kl = (lp - ref) * mb.mask                       # k1 per token, as in the reward of RLHF PPO
                     token_r = token_r - self.beta * kl
-                    kls.extend(kl.sum(1).tolist())
+                    c = counts[mb.index].to(kl.device)
+                    kl_sum, kl_n = kl_sum + float((kl.sum(1) * c).sum()), kl_n + float(c.sum())
                 lengths = mb.mask.sum(1).long()
                 for r, i in enumerate(mb.index):                    # the outcome reward on the last token
                     if lengths[r] > 0:
@@ -192,17 +211,14 @@ class PPOTrainer(Trainer):
                 adv_t[m], ret_t[m] = losses.gae(token_r, old_values[m], mb.mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:  # over this process's tokens (with torchrun: its share of the batch)
             allv = torch.cat([adv_t[m][mb.mask.to(self.device) > 0] for m, mb in enumerate(mbs)])
-            mean, std = allv.mean(), allv.std(unbiased=False) + 1e-6
+            allc = torch.cat([counts[mb.index][:, None].expand_as(mb.mask)[mb.mask > 0] for mb in mbs]).to(allv.device)
+            mean = (allv * allc).sum() / allc.sum()
+            std = (((allv - mean) ** 2 * allc).sum() / allc.sum()).sqrt() + 1e-6
             for m in adv_t:
                 adv_t[m] = (adv_t[m] - mean) / std
 
         # 2. mu epochs of clipped policy + value updates over the batch (one optimizer step per epoch).
         self.model.train()
-        t_max = max(max(len(s.completion_ids) for s in samples), 1)
-        full_mask = torch.zeros((len(samples), t_max))
-        for i, s in enumerate(samples):
-            full_mask[i, :len(s.completion_ids)] = s.loss_weight_scale
-        weights = self.batch_weights(full_mask)
         stats = {k: 0.0 for k in ("loss", "policy_loss", "value_loss", "entropy", "clipped_low", "clipped_high")}
         n_tok = float(sum(len(s.completion_ids) for s in samples)) or 1.0
         for it in range(cfg.mu):
@@ -210,6 +226,7 @@ class PPOTrainer(Trainer):
                 mb = mb.to(self.device)
                 t = mb.mask.shape[1]
                 w = weights[mb.index, :t].to(self.device)
+                tm = mb.mask * counts[mb.index].to(self.device)[:, None]  # token mask for sample-averaged metrics
                 with autocast:
                     logits, values = self._forward(mb)
                 logp = token_logps(logits, mb.completion_ids)
@@ -223,9 +240,9 @@ class PPOTrainer(Trainer):
                 stats["loss"] += float(loss.detach()) / cfg.mu
                 stats["policy_loss"] += float((pg.detach() * w).sum()) / cfg.mu
                 stats["value_loss"] += float((vl.detach() * w).sum()) / cfg.mu
-                stats["entropy"] += float((ent * mb.mask).sum()) / n_tok / cfg.mu
+                stats["entropy"] += float((ent * tm).sum()) / n_tok / cfg.mu
                 for k in ("clipped_low", "clipped_high"):
-                    stats[k] += float((clip[k] * mb.mask).sum()) / n_tok / cfg.mu
+                    stats[k] += float((clip[k] * tm).sum()) / n_tok / cfg.mu
             self.sync_grads()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -233,8 +250,8 @@ class PPOTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         # Over all processes: the adaptive beta must stay the same in each.
-        n_kl = sum_float(len(kls), self.world)
-        kl_mean = sum_float(sum(kls), self.world) / n_kl if n_kl else 0.0
+        n_kl = sum_float(kl_n, self.world)
+        kl_mean = sum_float(kl_sum, self.world) / n_kl if n_kl else 0.0
         if self.kl_ctl is not None:
             self.kl_ctl.update(kl_mean, len(samples))
         self.step_no += 1
@@ -247,7 +264,9 @@ class PPOTrainer(Trainer):
         rec: dict[str, Any] = {
             "reward_mean": rmean, "reward_std": math.sqrt(sum((r - rmean) ** 2 for r in rewards) / len(rewards)),
             **stats, "kl": kl_mean, "beta": self.beta, "grad_norm": float(grad_norm), "lr": lr,
-            "value_mean": float(sum(float((v * mbs[m].mask.to(v.device)).sum()) for m, v in old_values.items()) / n_tok),
+            "value_mean": float(sum(float((v * mbs[m].mask.to(v.device) * counts[mbs[m].index].to(v.device)[:, None]).sum())
+                                    for m, v in old_values.items()) / n_tok),
+            "twin_fraction": 1.0 - len(trained) / len(samples),
             **sample_metrics(samples),
             "tokens_per_s": sum(lens) / max(wall, 1e-9), "time_generation_s": gen_s, "time_scoring_s": score_s,
             "time_training_s": time.time() - t_train, "time_step_s": wall,
