@@ -315,3 +315,52 @@ def test_sampler_with_and_without_the_shared_prompt_cache_agree(random_tiny_dir,
         assert len({len(c.token_ids) for c in a}) > 1  # rows finished at different steps
         for x, y in zip(a, b):
             torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    from reasonlab.policies import load_policy
+
+    return load_policy("tiny", backend="hf")
+
+
+@pytest.mark.parametrize("shared_kv", [True, False])
+def test_samples_that_share_a_history_decode_as_one_row(tiny_policy, shared_kv):
+    # The trained tiny model is confident on its own task: a prompt's 8 samples agree on most tokens, so the
+    # decode runs one batch row per distinct history and forks it when the samples' draws differ.
+    from reasonlab.tasks import load_task
+
+    pol = HFPolicy("tiny", model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, device="cpu",
+                   shared_prompt_kv=shared_kv)
+    task = load_task("arith")
+    prompts = [pol.encode(e.prompt) for e in task.examples("train")[:6]]
+    rows: list[int] = []
+    hook = pol.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = pol.generate_ids(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=64, seed=3,
+                                                       stop=tuple(task.stop or ())))
+    finally:
+        hook.remove()
+    assert rows[0] == len(prompts)  # the prefill: one row per prompt, not per sample
+    # One sample row per step it decodes after its first token, against the batch rows the model ran.
+    sample_steps = sum(len(c.token_ids) - 1 for c in out)
+    assert sum(rows[1:]) < 0.6 * sample_steps
+    groups = [out[i:i + 8] for i in range(0, len(out), 8)]
+    assert any(len({tuple(c.token_ids) for c in g}) > 1 for g in groups)  # histories did fork
+    # Every sample's log-probs are those of its own tokens after its own prompt: no row read another's history.
+    scored = pol.logprobs_of([c.prompt_token_ids for c in out], [c.token_ids for c in out])
+    for c, lp in zip(out, scored):
+        torch.testing.assert_close(torch.tensor(c.logprobs), lp.float(), atol=2e-4, rtol=1e-4)
+
+
+def test_greedy_samples_of_a_prompt_decode_as_one_row(policy):
+    rows: list[int] = []
+    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
+                                                  with_kwargs=True)
+    try:
+        out = policy.generate(PROMPTS, SamplingParams(n=4, temperature=0, max_new_tokens=12))
+    finally:
+        hook.remove()
+    assert max(rows) == policy.max_batch_size // 4  # the prompts of a chunk, not their 4 samples each
+    for i in range(0, len(out), 4):
+        assert len({tuple(c.token_ids) for c in out[i:i + 4]}) == 1
