@@ -20,6 +20,10 @@ Run::
     python benchmarks/generation.py --batches 64 --workloads grouped --repeats 5 --json out.json
     python benchmarks/generation.py --batches 64 --workloads distinct --ablate-kernel   # + our sampler without the C kernel
     python benchmarks/generation.py --batches 64 --no-llamacpp --bf16    # + our sampler on bfloat16 weights
+    python benchmarks/generation.py --batches 64 --workloads grouped --no-llamacpp --ablate-histories   # + one row per sample
+
+``--ablate-histories`` adds our sampler decoding one batch row per sample throughout, where by default samples of a
+prompt that drew the same tokens so far share one (``HFPolicy(share_histories=...)``); it only matters for ``grouped``.
 
 ``--bf16`` adds our sampler on a bfloat16 copy of the weights (``--dtype bfloat16`` in ``reasonlab eval``). It pays
 only on a CPU with bf16 units (AVX512-BF16, AMX): elsewhere PyTorch emulates bf16 matmuls and it is slower. It
@@ -114,6 +118,8 @@ def main() -> None:
     ap.add_argument("--ablate-kernel", action="store_true",
                     help="also run our sampler with PyTorch attention instead of the C decode kernel "
                          "(row 'reasonlab-hf-nokernel'), to show what the kernel adds")
+    ap.add_argument("--ablate-histories", action="store_true",
+                    help="also run our sampler with one decode row per sample (no shared histories)")
     ap.add_argument("--bf16", action="store_true",
                     help="also run our sampler on bfloat16 weights (row 'reasonlab-hf-bf16')")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -125,6 +131,8 @@ def main() -> None:
     ckpt = smollm2_hf_checkpoint()
     ours = HFPolicy(str(ckpt), device="cpu", dtype="float32", max_batch_size=max(int(b) for b in args.batches.split(",")))
     params = sum(p.numel() for p in ours.model.parameters())
+    ours_rows = HFPolicy(str(ckpt), device="cpu", dtype="float32", max_batch_size=ours.max_batch_size, model=ours.model,
+                         tokenizer=ours.tokenizer, share_histories=False) if args.ablate_histories else None
     ours_bf16 = HFPolicy(str(ckpt), device="cpu", dtype="bfloat16", max_batch_size=ours.max_batch_size) if args.bf16 else None
     llama = None
     if not args.no_llamacpp:
@@ -147,6 +155,8 @@ def main() -> None:
             runs: dict[str, list[float]] = {"reasonlab-hf": [], "model.generate": []}
             if args.ablate_kernel and kernel:
                 runs["reasonlab-hf-nokernel"] = []
+            if ours_rows is not None:
+                runs["reasonlab-hf-row-per-sample"] = []
             if ours_bf16 is not None:
                 runs["reasonlab-hf-bf16"] = []
             if llama is not None:
@@ -163,6 +173,8 @@ def main() -> None:
                             tok, dt = run_ours(ours, ids, sp)
                         finally:
                             decode_kernel.available = kernel_available
+                    elif name == "reasonlab-hf-row-per-sample":
+                        tok, dt = run_ours(ours_rows, ids, sp)
                     elif name == "reasonlab-hf-bf16":
                         tok, dt = run_ours(ours_bf16, ids, sp)
                     elif name == "model.generate":

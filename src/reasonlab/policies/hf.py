@@ -243,7 +243,17 @@ def _roomy_layer_class():
                 self.keys, self.values = pick(self.keys), pick(self.values)
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
-            self._rebatch(lambda t: t.index_select(0, indices))
+            """Keep (or repeat: a history that forks) rows ``indices``, copying only the cached positions."""
+            length = self.get_seq_length()
+            if not self._owns():
+                self._rebatch(lambda t: t.index_select(0, indices))
+                return
+            kbuf, vbuf = self.kbuf.new_empty((len(indices), *self.kbuf.shape[1:])), self.vbuf.new_empty(
+                (len(indices), *self.vbuf.shape[1:]))
+            kbuf[:, :, :length] = self.keys.index_select(0, indices)
+            vbuf[:, :, :length] = self.values.index_select(0, indices)
+            self.kbuf, self.vbuf = kbuf, vbuf
+            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             self._rebatch(lambda t: t.repeat_interleave(repeats, dim=0))
@@ -461,7 +471,8 @@ class HFPolicy(Policy):
 
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
                  max_batch_size: int = 64, prefill_rows: int | None = None, model=None, tokenizer=None,
-                 threads: int | None = None, pack_weights: bool = True, shared_prompt_kv: bool = True):
+                 threads: int | None = None, pack_weights: bool = True, shared_prompt_kv: bool = True,
+                 share_histories: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(path)).name
@@ -473,6 +484,8 @@ class HFPolicy(Policy):
         self.pack_weights = pack_weights
         # Decode steps on a CPU read each prompt's keys/values once for all its samples (``shared_prompt``).
         self.shared_prompt_kv = shared_prompt_kv
+        # Samples of a prompt that drew the same tokens so far decode as one batch row (see ``_sample_chunk``).
+        self.share_histories = share_histories
         # Prompts prefilled together (see ``prefill``): small buckets on a CPU, one batch on a GPU.
         self.prefill_rows = prefill_rows or (8 if self.device.type == "cpu" else max_batch_size)
         if threads:
@@ -555,11 +568,18 @@ class HFPolicy(Policy):
         cache, logits, mask, pos = prefill(self.model, prompts, self.pad_id, self.prefill_rows)
         shared = self.shared_prompt_kv and dev.type == "cpu" and shared_prompt.supported(self.model) \
             and all(hasattr(layer, "reserve") for layer in cache.layers)
+        # Decode rows per prompt at the start: one (its samples share the empty history), or one per sample.
+        fan = 1 if self.share_histories else n
         if shared:
             # Each prompt's keys/values stay one row per prompt; its samples read them together. The
             # cache holds each prompt's padding itself, so the decode steps take no attention mask.
-            cache = shared_prompt.SharedPromptCache.from_prefill(self.model.config, cache, mask, 1, max_new)
+            cache = shared_prompt.SharedPromptCache.from_prefill(self.model.config, cache, mask, fan, max_new)
             mask = None
+        elif fan > 1:
+            cache.batch_repeat_interleave(fan)
+            mask = mask.repeat_interleave(fan, 0)
+        if fan > 1:
+            logits, pos = logits.repeat_interleave(fan, 0), pos.repeat_interleave(fan, 0)
         for layer in cache.layers:   # room for every new token, so decode steps append in place
             if hasattr(layer, "reserve"):
                 layer.reserve(max_new)
@@ -570,7 +590,9 @@ class HFPolicy(Policy):
         # sample row still draws from its own history's distribution, so the samples are distributed as
         # one batch row per sample would give. A confident policy shares a lot: tiny's GRPO groups of 8
         # decode a quarter to a third as many rows as they have samples.
-        members: list[list[int]] = [list(range(p * n, (p + 1) * n)) for p in range(u)]  # sample rows of each batch row
+        # The sample rows of each batch row.
+        members: list[list[int]] = [list(range(p * n, (p + 1) * n)) for p in range(u)] if fan == 1 else \
+            [[r] for r in range(rows)]
         cur_pos = pos[:, -1]
         toks: list[list[int]] = [[] for _ in range(rows)]
         lps: list[list[float]] = [[] for _ in range(rows)]

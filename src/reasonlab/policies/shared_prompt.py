@@ -76,7 +76,14 @@ class SharedPromptLayer(DynamicLayer):
         return self.prompt_keys.shape[-2] + self.t
 
     def select(self, rows: torch.Tensor, prompts: torch.Tensor | None) -> None:
-        self.gen_keys, self.gen_values = self.gen_keys.index_select(0, rows), self.gen_values.index_select(0, rows)
+        """Keep (or repeat: a history that forks) generated rows ``rows``; only the tokens written so far are
+        copied, not the room left for later ones."""
+        t = self.t
+        keys, values = self.gen_keys.new_empty((len(rows), *self.gen_keys.shape[1:])), self.gen_values.new_empty(
+            (len(rows), *self.gen_values.shape[1:]))
+        keys[:, :, :t] = self.gen_keys[:, :, :t].index_select(0, rows)
+        values[:, :, :t] = self.gen_values[:, :, :t].index_select(0, rows)
+        self.gen_keys, self.gen_values = keys, values
         self._expose()
         if prompts is not None:
             self.prompt_keys = self.prompt_keys.index_select(0, prompts)
