@@ -629,14 +629,20 @@ class HFPolicy(Policy):
             # Rebuild the batch (a copy of the cache) when a history forked, or when finished ones are an
             # eighth of it; otherwise finished rows ride along unread, which costs less than the copy.
             if n_next > len(members) - n_done or n_done * 8 >= len(members):
-                parent = [b for b, c in enumerate(children) for _ in c]   # ascending: rows stay ordered by prompt
-                sel = torch.tensor(parent, device=dev)
+                live = sum(len(rs) for c in children for rs in c.values())
+                if (live - n_next) * 8 < live:
+                    # Sharing now saves under an eighth of the rows, and every later fork would copy the cache
+                    # again (smollm2 at T = 0.8 on GSM8K forks nearly every step): one row per sample from here.
+                    split = [(b, t, [r]) for b, c in enumerate(children) for t, rs in c.items() for r in rs]
+                else:
+                    split = [(b, t, rs) for b, c in enumerate(children) for t, rs in c.items()]
+                sel = torch.tensor([b for b, _, _ in split], device=dev)   # ascending: rows stay ordered by prompt
                 cache.batch_select_indices(sel)
                 cur_pos = cur_pos[sel]
                 if mask is not None:
                     mask = mask[sel]
-                members = [rs for c in children for rs in c.values()]
-                tok_in = torch.tensor([t for c in children for t in c], device=dev)[:, None]
+                members = [rs for _, _, rs in split]
+                tok_in = torch.tensor([t for _, t, _ in split], device=dev)[:, None]
             else:
                 members = [next(iter(c.values()), []) for c in children]
                 tok_in = torch.tensor([next(iter(c), self.pad_id) for c in children], device=dev)[:, None]
