@@ -175,13 +175,13 @@ class PPOTrainer(Trainer):
         # summed, and counts weigh it as the samples it stands for in the batch statistics below.
         trained, counts = list(range(len(samples))), torch.ones(len(samples))
         if cfg.merge_twins:
-            token_r = torch.zeros((len(samples), t_max))
+            rewards_t = torch.zeros((len(samples), t_max))  # the token rewards before the KL term
             for i, s in enumerate(samples):
                 if s.completion_ids:
-                    token_r[i, len(s.completion_ids) - 1] = s.reward
+                    rewards_t[i, len(s.completion_ids) - 1] = s.reward
                 if step_r is not None:
-                    token_r[i].index_add_(0, step_r[1][i], step_r[0][i].to(token_r.dtype))
-            trained, weights, counts = merge_twins(samples, trained, token_r, weights)
+                    rewards_t[i].index_add_(0, step_r[1][i], step_r[0][i].to(rewards_t.dtype))
+            trained, weights, counts = merge_twins(samples, trained, rewards_t, weights)
         mbs = make_microbatches(samples, cfg.micro_batch_size, self.policy.pad_id, include=trained)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
         # 1. Rollout statistics under the sampling weights: old log-probs, values, reference log-probs.
