@@ -564,7 +564,7 @@ class Trainer:
         stats = {k: 0.0 for k in ("loss", "kl", "entropy", "clipped_low", "clipped_high", "dual_clipped",
                                   "sampler_gap_mean", "sampler_gap_max")}
         # Sample-averaged metrics count each trained row as the samples it stands for (merged twins).
-        n_tok = float(sum(len(samples[i].completion_ids) * counts[i] for mb in mbs for i in mb.index)) or 1.0
+        n_tok = float((lengths * counts).sum()) or 1.0
         grad_norm = torch.tensor(0.0)
         for it in range(cfg.mu):
             for m, mb in enumerate(mbs):

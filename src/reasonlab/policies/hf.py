@@ -236,24 +236,18 @@ def _roomy_layer_class():
 
         def _rebatch(self, pick) -> None:
             length = self.get_seq_length()
-            if self._owns():   # keep the room: pick rows of the whole buffer
-                self.kbuf, self.vbuf = pick(self.kbuf), pick(self.vbuf)
+            if self._owns():   # keep the room, but copy only the cached positions into it
+                keys, values = pick(self.keys), pick(self.values)
+                self.kbuf = self.kbuf.new_empty((keys.shape[0], *self.kbuf.shape[1:]))
+                self.vbuf = self.vbuf.new_empty((values.shape[0], *self.vbuf.shape[1:]))
+                self.kbuf[:, :, :length], self.vbuf[:, :, :length] = keys, values
                 self.keys, self.values = self.kbuf[:, :, :length], self.vbuf[:, :, :length]
             elif length > 0:
                 self.keys, self.values = pick(self.keys), pick(self.values)
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
-            """Keep (or repeat: a history that forks) rows ``indices``, copying only the cached positions."""
-            length = self.get_seq_length()
-            if not self._owns():
-                self._rebatch(lambda t: t.index_select(0, indices))
-                return
-            kbuf, vbuf = self.kbuf.new_empty((len(indices), *self.kbuf.shape[1:])), self.vbuf.new_empty(
-                (len(indices), *self.vbuf.shape[1:]))
-            kbuf[:, :, :length] = self.keys.index_select(0, indices)
-            vbuf[:, :, :length] = self.values.index_select(0, indices)
-            self.kbuf, self.vbuf = kbuf, vbuf
-            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+            """Keep rows ``indices``; a repeated index copies the row (a sampled history that forks)."""
+            self._rebatch(lambda t: t.index_select(0, indices))
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             self._rebatch(lambda t: t.repeat_interleave(repeats, dim=0))
@@ -589,8 +583,7 @@ class HFPolicy(Policy):
         # runs once for all of them; a history forks into one batch row per distinct next token drawn. Each
         # sample row still draws from its own history's distribution, so the samples are distributed as
         # one batch row per sample would give. A confident policy shares a lot: tiny's GRPO groups of 8
-        # decode a quarter to a third as many rows as they have samples.
-        # The sample rows of each batch row.
+        # decode a quarter to a third as many rows as they have samples. ``members``: each batch row's sample rows.
         members: list[list[int]] = [list(range(p * n, (p + 1) * n)) for p in range(u)] if fan == 1 else \
             [[r] for r in range(rows)]
         cur_pos = pos[:, -1]
