@@ -21,7 +21,8 @@ import reasonlab.learn.rollout as rollout
 from reasonlab.errors import UsageError
 from reasonlab.learn.grpo import GRPOConfig, Trainer
 from reasonlab.learn.rollout import (GroupMicroBatch, Sample, completion_logits, make_group_microbatches,
-                                     make_microbatches, shared_prompt_logits, supports_shared_prompt, token_logps)
+                                     make_microbatches, prefix_trees, shared_prompt_logits, supports_shared_prompt,
+                                     token_logps)
 from reasonlab.policies.tiny import new_tiny_model
 from reasonlab.tasks.arith import ArithTask
 
@@ -32,12 +33,17 @@ def hand_samples() -> list[Sample]:
     g = torch.Generator().manual_seed(7)
     rand = lambda n: torch.randint(4, 50, (n,), generator=g).tolist()  # noqa: E731
     # (prompt length, completion lengths): uneven prompts, uneven group sizes, uneven completions.
-    spec = [(5, [4, 1, 7]), (11, [3]), (8, [2, 6, 5, 9, 1]), (3, [1, 1])]
+    spec = [(5, [4, 1, 7]), (11, [3]), (8, [2, 6, 5, 9, 1, 6]), (3, [1, 1])]
     samples = []
     for gi, (plen, clens) in enumerate(spec):
         prompt = rand(plen)
-        for c in clens:
-            samples.append(Sample(prompt_ids=prompt, completion_ids=rand(c), sampler_logp=None, truncated=False,
+        base = rand(max(clens))
+        for j, c in enumerate(clens):
+            # Completions of a prompt share beginnings of different lengths (as a confident policy's do): the
+            # prefix-tree layout runs those once. The third group's last two are twins.
+            keep = int(torch.randint(0, c + 1, (1,), generator=g)) if j < 5 else 6
+            comp = base[:keep] + rand(c - keep) if j < 5 else samples[-1].completion_ids
+            samples.append(Sample(prompt_ids=prompt, completion_ids=comp, sampler_logp=None, truncated=False,
                                   group=gi))
     return samples
 
@@ -70,16 +76,49 @@ def test_group_microbatches_run_each_prompt_once_per_chunk():
             assert mb.completion_ids[r, :len(samples[i].completion_ids)].tolist() == samples[i].completion_ids
         # Distinct prompts only: no two prompt rows are the same.
         assert len({tuple(p.tolist()) for p in mb.prompt_ids}) == mb.prompt_ids.shape[0]
-    # 11 completions of 4 prompts: the 5-completion group is split in two, nothing else is duplicated.
+    # 12 completions of 4 prompts: the 6-completion group is split in two, nothing else is duplicated.
     assert sum(mb.prompt_ids.shape[0] for mb in mbs) == 5
 
 
-@pytest.mark.parametrize("include", [None, [0, 2, 3, 6, 8, 10]])
-def test_shared_logps_and_gradients_match_the_flat_layout(model, include):
+def test_prefix_trees_hold_each_distinct_beginning_once(monkeypatch):
+    monkeypatch.setattr(rollout, "ROW_TOKENS", 6)   # two rows: the segments (5 and 2 tokens) do not fit in one
+    comps = [[[5, 6, 7], [5, 6, 8, 9], [5, 6, 7], [4]], [[1], [2, 3]]]
+    tree = prefix_trees([[30, 31], [40]], comps, t=4)
+    # Segment 0: its prompt, then the nodes 5, 5-6 and 5-6-8. A completion's last token predicts nothing scored,
+    # so it is no node: not 7, 9 or the lone 4. Segment 1: its prompt, then the node 2.
+    assert tree.ids.tolist() == [[30, 31, 5, 6, 8], [40, 2, 0, 0, 0]]
+    assert tree.pos.tolist() == [[0, 1, 2, 3, 4], [0, 1, 0, 0, 0]]
+    T, F = True, False
+    assert tree.sees[0].tolist() == [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [T, T, T, T, F],
+                                     [T, T, T, T, T]]
+    assert tree.sees[1].tolist() == [[T, F, F, F, F], [T, T, F, F, F], [F, F, T, F, F], [F, F, F, T, F],
+                                     [F, F, F, F, T]]
+    # Logits are needed at the prompts' last tokens and at the nodes; each completion's tokens read them in turn.
+    assert tree.need.tolist() == [1, 2, 3, 4, 5, 6]
+    need = tree.need.tolist()
+    flat = [[need[k] for k in row] for row in tree.path.tolist()]
+    assert [row[:n] for row, n in zip(flat, [3, 4, 3, 1, 1, 2])] == [[1, 2, 3], [1, 2, 3, 4], [1, 2, 3], [1], [5],
+                                                                     [5, 6]]
+
+
+@pytest.mark.parametrize("tree", [False, True])
+@pytest.mark.parametrize("include", [None, [0, 2, 3, 6, 8, 10, 11]])
+def test_shared_logps_and_gradients_match_the_flat_layout(model, include, tree):
     samples = hand_samples()
     flat = make_microbatches(samples, rows=64, pad_id=PAD, include=include)
-    shared = make_group_microbatches(samples, rows=4, pad_id=PAD, include=include)
+    shared = make_group_microbatches(samples, rows=4, pad_id=PAD, include=include, tree=tree)
     assert len(shared) > 1 and all(isinstance(mb, GroupMicroBatch) for mb in shared)
+    if tree:   # one node per distinct beginning of a prompt's completions in the micro-batch: fewer than tokens
+        nodes = tokens = 0
+        for mb in shared:
+            lengths = mb.mask.sum(1).long().tolist()
+            beginnings = {(int(mb.owner[r]), tuple(mb.completion_ids[r, :k].tolist()))
+                          for r, n in enumerate(lengths) for k in range(1, n)}
+            prompts = int(mb.prompt_mask.sum())
+            assert int((mb.tree.ids != PAD).sum()) <= prompts + len(beginnings)   # pad tokens aside
+            assert mb.tree.need.numel() == mb.prompt_ids.shape[0] + len(beginnings)
+            nodes, tokens = nodes + len(beginnings), tokens + sum(n - 1 for n in lengths if n > 0)
+        assert 0 < nodes < tokens
     lp_flat = per_sample_logps(model, flat, completion_logits)
     lp_shared = per_sample_logps(model, shared, shared_prompt_logits)
     assert lp_flat.keys() == lp_shared.keys() == set(include or range(len(samples)))
@@ -169,11 +208,24 @@ def test_trainer_step_gives_the_same_update_with_and_without_sharing(tmp_path, m
     assert_same_grads(g_s, g_f)
 
 
+def test_prefix_tree_gives_the_same_update(tmp_path, grads_at_step):
+    # tiny's own samples of its task share most of their beginnings: the tree layout runs fewer tokens and
+    # must step with the same gradients as one row per completion.
+    rec_t, g_t = one_step(tmp_path / "t", grads_at_step, prefix_tree=True, micro_batch_size=6, merge_twins=False)
+    rec_r, g_r = one_step(tmp_path / "r", grads_at_step, prefix_tree=False, micro_batch_size=6, merge_twins=False)
+    assert rec_t["reward_mean"] == rec_r["reward_mean"] and rec_t["trained_fraction"] < 1.0
+    assert rec_t["loss"] == pytest.approx(rec_r["loss"], abs=1e-6)
+    assert rec_t["entropy"] == pytest.approx(rec_r["entropy"], rel=1e-4)
+    assert rec_t["_moved"] > 0
+    assert_same_grads(g_t, g_r)
+
+
 def test_skipping_zero_advantage_samples_with_sharing_gives_the_same_update(tmp_path, monkeypatch, grads_at_step):
     # Without twin merging, whose summed weights assume the merged rows are left out.
     rec_skip, g_skip = one_step(tmp_path / "a", grads_at_step, share_prompt=True, merge_twins=False)
     full = rollout.make_group_microbatches
-    monkeypatch.setattr(rollout, "make_group_microbatches", lambda s, rows, pad, include=None: full(s, rows, pad))
+    monkeypatch.setattr(rollout, "make_group_microbatches",
+                        lambda s, rows, pad, include=None, tree=False: full(s, rows, pad, tree=tree))
     rec_all, g_all = one_step(tmp_path / "b", grads_at_step, share_prompt=True, merge_twins=False)
     assert rec_skip["trained_fraction"] < 1.0
     assert rec_skip["reward_mean"] == rec_all["reward_mean"]

@@ -1,6 +1,8 @@
 """The transformers sampler: exactness against model.generate, seeds, stops, log-probs, filtering."""
 
+import contextlib
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -16,6 +18,27 @@ def policy(random_tiny_dir):
 
 
 PROMPTS = ["Q: 12+7=?\nA: ", "Q: 3-1+40=?\nA: ", "Q: 5=?\nA: ", "Q: 99+99+99+1=?\nA: "]
+
+
+@contextlib.contextmanager
+def batch_rows(model):
+    """The batch rows of every model pass (prefill and decode steps, through the model's forward or the lean
+    decode step), in order."""
+    from reasonlab.policies import lean_decode
+
+    rows: list[int] = []
+    real = lean_decode.LeanDecoder.step
+
+    def lean_step(self, tokens, positions, cache):
+        rows.append(tokens.shape[0])
+        return real(self, tokens, positions, cache)
+
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        with mock.patch.object(lean_decode.LeanDecoder, "step", lean_step):
+            yield rows
+    finally:
+        hook.remove()
 
 
 def test_greedy_matches_model_generate_with_left_padding(policy):
@@ -99,9 +122,11 @@ def test_sample_next_reports_unmodified_logprob():
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 0, 1.0), (0.7, 20, 0.9)])
 def test_sample_next_in_row_chunks_draws_as_one_batch(temperature, top_k, top_p):
-    # Rows are sampled SAMPLE_ROWS at a time on a CPU; the draws and log-probs must be those of one batch
-    # (same generator stream, same rows), and the log-probs those of the unmodified distribution.
-    logits = torch.randn(3 * hf.SAMPLE_ROWS + 5, 1000, generator=torch.Generator().manual_seed(7)) * 4
+    # Rows are sampled SAMPLE_ENTRIES // V at a time on a CPU (16 for a 49k vocabulary); the draws and log-probs
+    # must be those of one batch (same generator stream, same rows), and the log-probs those of the unmodified
+    # distribution.
+    vocab = 49152
+    logits = torch.randn(3 * (hf.SAMPLE_ENTRIES // vocab) + 5, vocab, generator=torch.Generator().manual_seed(7)) * 4
     sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     tok, lp = sample_next(logits, sp, torch.Generator().manual_seed(11))
     whole_tok, whole_lp = hf._sample_rows(logits, sp, torch.Generator().manual_seed(11))
@@ -334,13 +359,9 @@ def test_samples_that_share_a_history_decode_as_one_row(tiny_policy, shared_kv, 
                    shared_prompt_kv=shared_kv, share_histories=share_histories)
     task = load_task("arith")
     prompts = [pol.encode(e.prompt) for e in task.examples("train")[:6]]
-    rows: list[int] = []
-    hook = pol.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
-    try:
+    with batch_rows(pol.model) as rows:
         out = pol.generate_ids(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=64, seed=3,
                                                        stop=tuple(task.stop or ())))
-    finally:
-        hook.remove()
     assert rows[0] == len(prompts)  # the prefill: one row per prompt, not per sample
     # One sample row per step it decodes after its first token, against the batch rows the model ran.
     sample_steps = sum(len(c.token_ids) - 1 for c in out)
@@ -357,13 +378,8 @@ def test_samples_that_share_a_history_decode_as_one_row(tiny_policy, shared_kv, 
 
 
 def test_greedy_samples_of_a_prompt_decode_as_one_row(policy):
-    rows: list[int] = []
-    hook = policy.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
-                                                  with_kwargs=True)
-    try:
+    with batch_rows(policy.model) as rows:
         out = policy.generate(PROMPTS, SamplingParams(n=4, temperature=0, max_new_tokens=12))
-    finally:
-        hook.remove()
-    assert max(rows) == policy.max_batch_size // 4  # the prompts of a chunk, not their 4 samples each
+    assert len(rows) > 2 and max(rows) == policy.max_batch_size // 4  # the prompts of a chunk, not 4 samples each
     for i in range(0, len(out), 4):
         assert len({tuple(c.token_ids) for c in out[i:i + 4]}) == 1

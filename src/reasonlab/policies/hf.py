@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -88,10 +88,12 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-#: Rows of logits sampled together. A (64, 49k) float32 step is 12.5 MB per pass, and sampling makes about
-#: eight passes with their temporaries: as one batch they spill out of the last-level cache; 16 rows at a
-#: time stay in it (on 2 cores at batch 64: 23 -> 10 ms a step, and 7 ms with the passes saved below).
-SAMPLE_ROWS = 16
+#: Logits sampled together, in entries (rows x vocabulary). A (64, 49k) float32 step is 12.5 MB per pass, and
+#: sampling makes about eight passes with their temporaries: as one batch they spill out of the last-level
+#: cache; 16 rows at a time stay in it (on 2 cores at batch 64: 23 -> 10 ms a step, and 7 ms with the passes
+#: saved below). A small vocabulary (tiny's 55 tokens) samples every row at once, each chunk being a dozen
+#: small ops.
+SAMPLE_ENTRIES = 16 * 49152
 
 
 def sample_next(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
@@ -100,13 +102,13 @@ def sample_next(logits: torch.Tensor, sampling: SamplingParams, generator: torch
 
     ``logp`` is the log-probability of the chosen token under the model's *unmodified*
     distribution (log-softmax of the raw logits), as trainers need it. On a CPU, rows are sampled
-    ``SAMPLE_ROWS`` at a time; the generator is consumed row by row either way, so the draws are the
-    same as for one batch.
+    about ``SAMPLE_ENTRIES`` logits at a time; the generator is consumed row by row either way, so the draws
+    are the same as for one batch.
     """
     logits = logits.float()
-    if logits.device.type == "cpu" and logits.shape[0] > SAMPLE_ROWS:
-        parts = [_sample_rows(logits[i:i + SAMPLE_ROWS], sampling, generator)
-                 for i in range(0, logits.shape[0], SAMPLE_ROWS)]
+    rows = max(1, SAMPLE_ENTRIES // logits.shape[-1])
+    if logits.device.type == "cpu" and logits.shape[0] > rows:
+        parts = [_sample_rows(logits[i:i + rows], sampling, generator) for i in range(0, logits.shape[0], rows)]
         return torch.cat([t for t, _ in parts]), torch.cat([lp for _, lp in parts])
     return _sample_rows(logits, sampling, generator)
 
@@ -466,7 +468,7 @@ class HFPolicy(Policy):
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
                  max_batch_size: int = 64, prefill_rows: int | None = None, model=None, tokenizer=None,
                  threads: int | None = None, pack_weights: bool = True, shared_prompt_kv: bool = True,
-                 share_histories: bool = True):
+                 share_histories: bool = True, lean_decode: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(path)).name
@@ -480,6 +482,10 @@ class HFPolicy(Policy):
         self.shared_prompt_kv = shared_prompt_kv
         # Samples of a prompt that drew the same tokens so far decode as one batch row (see ``_sample_chunk``).
         self.share_histories = share_histories
+        # Decode steps over the shared-prompt cache skip the transformers forward's wrappers (``lean_decode``).
+        self.lean_decode = lean_decode
+        self._lean: tuple[tuple, int, Any] | None = None   # (weights key, positions, LeanDecoder)
+        self._stop_cache: dict[tuple[str, ...], list[bool] | None] = {}
         # Prompts prefilled together (see ``prefill``): small buckets on a CPU, one batch on a GPU.
         self.prefill_rows = prefill_rows or (8 if self.device.type == "cpu" else max_batch_size)
         if threads:
@@ -577,6 +583,7 @@ class HFPolicy(Policy):
         for layer in cache.layers:   # room for every new token, so decode steps append in place
             if hasattr(layer, "reserve"):
                 layer.reserve(max_new)
+        lean = self._lean_decoder(int(pos[:, -1].max()) + max_new + 1) if shared else None
         rows = u * n
         # A batch row of the decode is a *history*: a prompt and the tokens sampled after it. Sample rows that
         # drew the same tokens so far share one (their next-token distribution is the same), so the model
@@ -593,6 +600,7 @@ class HFPolicy(Policy):
         stop_cut: list[bool] = [False] * rows
         stops = sampling.stop
         tail_len = max((len(s) for s in stops), default=0) + 8
+        may_stop = self._stop_enders(tuple(stops)) if stops else None
 
         for step in range(max_new):
             owner = [b for b, m in enumerate(members) for _ in m]
@@ -606,8 +614,8 @@ class HFPolicy(Policy):
                 lps[r].append(l)
                 if t in self.eos_ids:
                     finish[r] = "stop"
-                elif stops and find_stop(self.tokenizer.decode(toks[r][-tail_len:], skip_special_tokens=True),
-                                         stops) != -1:
+                elif stops and (may_stop is None or t >= len(may_stop) or may_stop[t]) and find_stop(
+                        self.tokenizer.decode(toks[r][-tail_len:], skip_special_tokens=True), stops) != -1:
                     # Decoding only a short tail is enough to see a stop string that just completed.
                     finish[r], stop_cut[r] = "stop", True
                 else:
@@ -639,10 +647,46 @@ class HFPolicy(Policy):
             else:
                 members = [next(iter(c.values()), []) for c in children]
                 tok_in = torch.tensor([next(iter(c), self.pad_id) for c in children], device=dev)[:, None]
-            with shared_prompt.decoding_with(self.model, cache) if shared else contextlib.nullcontext():
-                logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
-                                    past_key_values=cache, use_cache=True).logits[:, -1]
+            if lean is not None:
+                logits = lean.step(tok_in[:, 0], cur_pos, cache)
+            else:
+                with shared_prompt.decoding_with(self.model, cache) if shared else contextlib.nullcontext():
+                    logits = self.model(input_ids=tok_in, attention_mask=mask, position_ids=cur_pos[:, None],
+                                        past_key_values=cache, use_cache=True).logits[:, -1]
         return self._finish(prompts, n, toks, lps, finish, stop_cut, stops)
+
+    def _stop_enders(self, stops: tuple[str, ...]) -> list[bool] | None:
+        """Per token id: can a stop string have just been completed by sampling this token? ``None``: any can.
+
+        A stop string that was not in the text before a token was appended must end inside that token's
+        text, so the token's own text holds the stop's last character. Tokens whose text alone is a broken
+        character (a byte-level piece of one) or empty may change the text before them, and are always
+        checked, as is every token when a stop ends in whitespace (tokenizers drop a piece's leading space
+        when it is decoded alone). The sampler then decodes a row's tail only after such a token: on tiny's
+        arithmetic (stop ``"\nQ:"``) that is a few tokens in a hundred instead of every one.
+        """
+        if stops not in self._stop_cache:
+            if any(not s or s[-1].isspace() for s in stops):
+                self._stop_cache[stops] = None
+            else:
+                ends = {s[-1] for s in stops}
+                texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))],
+                                                    skip_special_tokens=True)
+                self._stop_cache[stops] = [not x or "\ufffd" in x or any(c in x for c in ends) for x in texts]
+        return self._stop_cache[stops]
+
+    def _lean_decoder(self, positions: int):
+        """The :class:`~reasonlab.policies.lean_decode.LeanDecoder` of the current weights (built again only
+        after they change), or ``None`` where the model's own forward must decode."""
+        from reasonlab.policies import lean_decode
+
+        if not self.lean_decode or not lean_decode.supported(self.model):
+            return None
+        key = lean_decode.weights_key(self.model)
+        if self._lean is None or self._lean[0] != key or self._lean[1] < positions:
+            self._lean = None   # free the old copy before building the new one
+            self._lean = (key, positions, lean_decode.LeanDecoder(self.model, positions))
+        return self._lean[2]
 
     def _finish(self, prompts, n, toks, lps, finish, stop_cut, stops) -> list[Completion]:
         res = []
