@@ -21,9 +21,14 @@ Run::
     python benchmarks/generation.py --batches 64 --workloads distinct --ablate-kernel   # + our sampler without the C kernel
     python benchmarks/generation.py --batches 64 --no-llamacpp --bf16    # + our sampler on bfloat16 weights
     python benchmarks/generation.py --batches 64 --workloads grouped --no-llamacpp --ablate-histories   # + one row per sample
+    python benchmarks/generation.py --batches 64 --no-llamacpp --ablate-lean --decode-bf16   # + transformers forward, + bf16 products
 
 ``--ablate-histories`` adds our sampler decoding one batch row per sample throughout, where by default samples of a
 prompt that drew the same tokens so far share one (``HFPolicy(share_histories=...)``); it only matters for ``grouped``.
+
+``--ablate-lean`` adds our sampler decoding through the transformers forward instead of the lean decode step
+(``HFPolicy(lean_decode=False)``); ``--decode-bf16`` adds it with the lean step's matrix products on bfloat16 weight
+copies (``HFPolicy(decode_dtype="bfloat16")``, everything else float32).
 
 ``--bf16`` adds our sampler on a bfloat16 copy of the weights (``--dtype bfloat16`` in ``reasonlab eval``). It pays
 only on a CPU with bf16 units (AVX512-BF16, AMX): elsewhere PyTorch emulates bf16 matmuls and it is slower. It
@@ -120,6 +125,10 @@ def main() -> None:
                          "(row 'reasonlab-hf-nokernel'), to show what the kernel adds")
     ap.add_argument("--ablate-histories", action="store_true",
                     help="also run our sampler with one decode row per sample (no shared histories)")
+    ap.add_argument("--ablate-lean", action="store_true",
+                    help="also run our sampler with the transformers forward instead of the lean decode step")
+    ap.add_argument("--decode-bf16", action="store_true",
+                    help="also run our sampler with bfloat16 products in the lean decode step (decode_dtype)")
     ap.add_argument("--bf16", action="store_true",
                     help="also run our sampler on bfloat16 weights (row 'reasonlab-hf-bf16')")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -133,6 +142,10 @@ def main() -> None:
     params = sum(p.numel() for p in ours.model.parameters())
     ours_rows = HFPolicy(str(ckpt), device="cpu", dtype="float32", max_batch_size=ours.max_batch_size, model=ours.model,
                          tokenizer=ours.tokenizer, share_histories=False) if args.ablate_histories else None
+    same = dict(device="cpu", dtype="float32", max_batch_size=ours.max_batch_size, model=ours.model,
+                tokenizer=ours.tokenizer)
+    ours_nolean = HFPolicy(str(ckpt), lean_decode=False, **same) if args.ablate_lean else None
+    ours_decode_bf16 = HFPolicy(str(ckpt), decode_dtype="bfloat16", **same) if args.decode_bf16 else None
     ours_bf16 = HFPolicy(str(ckpt), device="cpu", dtype="bfloat16", max_batch_size=ours.max_batch_size) if args.bf16 else None
     llama = None
     if not args.no_llamacpp:
@@ -157,6 +170,10 @@ def main() -> None:
                 runs["reasonlab-hf-nokernel"] = []
             if ours_rows is not None:
                 runs["reasonlab-hf-row-per-sample"] = []
+            if ours_nolean is not None:
+                runs["reasonlab-hf-nolean"] = []
+            if ours_decode_bf16 is not None:
+                runs["reasonlab-hf-decode-bf16"] = []
             if ours_bf16 is not None:
                 runs["reasonlab-hf-bf16"] = []
             if llama is not None:
@@ -175,6 +192,10 @@ def main() -> None:
                             decode_kernel.available = kernel_available
                     elif name == "reasonlab-hf-row-per-sample":
                         tok, dt = run_ours(ours_rows, ids, sp)
+                    elif name == "reasonlab-hf-nolean":
+                        tok, dt = run_ours(ours_nolean, ids, sp)
+                    elif name == "reasonlab-hf-decode-bf16":
+                        tok, dt = run_ours(ours_decode_bf16, ids, sp)
                     elif name == "reasonlab-hf-bf16":
                         tok, dt = run_ours(ours_bf16, ids, sp)
                     elif name == "model.generate":

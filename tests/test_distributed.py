@@ -104,6 +104,26 @@ def test_bad_settings_are_one_clear_error(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError, match="no_such_task"):
         train(small_cfg(tmp_path, task="no_such_task", task_options=""))
+    # A run directory refused by the main process (resume off) is the same one message, from every process.
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text("model: tiny\n")
+    (tmp_path / "taken" / "metrics.jsonl").write_text("")
+    with pytest.raises(UsageError, match="already holds a run"):
+        train(small_cfg(tmp_path, out=str(tmp_path / "taken"), resume=False))
+
+
+class NeedsArgs(Exception):
+    """Pickles, but does not unpickle (its pickle calls ``NeedsArgs(message)``): like torch's ChildFailedError."""
+
+    def __init__(self, name, failures):
+        super().__init__(f"{name}: {failures}")
+
+
+def test_exceptions_that_do_not_unpickle_come_back_as_what_they_were():
+    from reasonlab.runtime.distributed import _portable
+
+    got = _portable(NeedsArgs("run", {1: "exit code 2"}))
+    assert type(got) is RuntimeError and "NeedsArgs" in str(got) and "exit code 2" in str(got)
 
 
 def _alive(pid: int) -> bool:

@@ -255,3 +255,21 @@ def test_merge_twins_trains_each_distinct_sample_once_with_the_twins_weights():
     torch.testing.assert_close(merged[0], weights[0] + weights[1])
     assert torch.equal(merged[1:], weights[1:])  # the others, the merged-away twin's row included, as they were
     assert counts.tolist() == [2, 0, 1, 1, 1, 1, 0, 1]
+
+
+def test_bfloat16_rollouts_and_float32_evaluations(tmp_path, monkeypatch):
+    # decode_dtype=bfloat16 samples rollouts through bfloat16 products; held-out evaluations stay float32.
+    import reasonlab.evaluation.harness as harness
+
+    seen = []
+    real = harness.run_eval
+    monkeypatch.setattr(harness, "run_eval", lambda cfg, policy, **kw: (seen.append(policy.decode_dtype),
+                                                                        real(cfg, policy=policy, **kw))[1])
+    opts = dict(model="tiny", task="arith", out=str(tmp_path / "run"), max_steps=1, prompts_per_step=4,
+                group_size=4, max_new_tokens=48, eval_limit=8, save_every=0, monitor="off", save_final=False,
+                decode_dtype="bfloat16")
+    tr = Trainer(GRPOConfig(**opts), task=small_task())
+    rec = tr.step()
+    assert tr.policy.decode_dtype == "bfloat16" and rec["sampler_gap_mean"] > 1e-6   # sampled in bfloat16
+    tr.evaluate(tmp_path / "run")
+    assert seen == ["float32"] and tr.policy.decode_dtype == "bfloat16"

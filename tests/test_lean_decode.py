@@ -128,3 +128,26 @@ def test_stop_check_filter_changes_no_completion():
     assert sum(c.finish_reason == "stop" for c in every) >= 3
     # A stop that ends in whitespace turns the filter off (tokenizers may drop a piece's leading space).
     assert pol._stop_enders(("Q ",)) is None
+
+
+def test_bfloat16_decode_samples_close_to_the_float32_weights():
+    # Opt-in: bfloat16 weight copies in the decode step's products. Not exact, but close: the samples' log-probs
+    # stay near teacher-forced float32 scoring, and differ from it (so the bfloat16 products really ran).
+    model, tok = _model("llama")
+    pol = HFPolicy("bf16", device="cpu", model=model, tokenizer=tok, decode_dtype="bfloat16")
+    out = pol.generate(PROMPTS, SamplingParams(n=4, temperature=1.0, max_new_tokens=20, seed=5))
+    scored = pol.logprobs_of([c.prompt_token_ids for c in out], [c.token_ids for c in out])
+    gap = torch.cat([(torch.tensor(c.logprobs) - lp.float()).abs() for c, lp in zip(out, scored)])
+    assert 1e-5 < float(gap.mean()) < 2e-2 and float(gap.max()) < 0.5
+    with pytest.raises(Exception, match="decode_dtype"):
+        HFPolicy("bad", device="cpu", model=model, tokenizer=tok, decode_dtype="float16")
+
+
+def test_autocast_keeps_the_model_forward():
+    # A trainer's CPU mixed precision samples under autocast: the lean step (float32 only) stands aside.
+    model, tok = _model("llama")
+    lean, _ = _policies(model, tok)
+    with mock.patch.object(lean_decode.LeanDecoder, "step", side_effect=AssertionError("lean step under autocast")):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = lean.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=1))
+    assert all(c.token_ids for c in out)

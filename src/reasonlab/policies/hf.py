@@ -468,7 +468,7 @@ class HFPolicy(Policy):
     def __init__(self, path: str, *, device: str = "auto", dtype: str = "auto", name: str | None = None,
                  max_batch_size: int = 64, prefill_rows: int | None = None, model=None, tokenizer=None,
                  threads: int | None = None, pack_weights: bool = True, shared_prompt_kv: bool = True,
-                 share_histories: bool = True, lean_decode: bool = True):
+                 share_histories: bool = True, lean_decode: bool = True, decode_dtype: str = "float32"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or Path(str(path)).name
@@ -484,6 +484,10 @@ class HFPolicy(Policy):
         self.share_histories = share_histories
         # Decode steps over the shared-prompt cache skip the transformers forward's wrappers (``lean_decode``).
         self.lean_decode = lean_decode
+        # bfloat16: the lean step's matrix products on bfloat16 weight copies (faster, no longer exact).
+        if decode_dtype not in ("float32", "bfloat16"):
+            raise UsageError(f"decode_dtype is float32 or bfloat16, not {decode_dtype!r}")
+        self.decode_dtype = decode_dtype
         self._lean: tuple[tuple, int, Any] | None = None   # (weights key, positions, LeanDecoder)
         self._stop_cache: dict[tuple[str, ...], list[bool] | None] = {}
         # Prompts prefilled together (see ``prefill``): small buckets on a CPU, one batch on a GPU.
@@ -680,12 +684,15 @@ class HFPolicy(Policy):
         after they change), or ``None`` where the model's own forward must decode."""
         from reasonlab.policies import lean_decode
 
-        if not self.lean_decode or not lean_decode.supported(self.model):
+        # Under autocast (a trainer's mixed precision) the model's own forward decides the dtypes.
+        if not self.lean_decode or torch.is_autocast_enabled(self.device.type) or \
+                not lean_decode.supported(self.model):
             return None
-        key = lean_decode.weights_key(self.model)
+        key = (lean_decode.weights_key(self.model), self.decode_dtype)
         if self._lean is None or self._lean[0] != key or self._lean[1] < positions:
             self._lean = None   # free the old copy before building the new one
-            self._lean = (key, positions, lean_decode.LeanDecoder(self.model, positions))
+            dtype = torch.bfloat16 if self.decode_dtype == "bfloat16" else torch.float32
+            self._lean = (key, positions, lean_decode.LeanDecoder(self.model, positions, dtype))
         return self._lean[2]
 
     def _finish(self, prompts, n, toks, lps, finish, stop_cut, stops) -> list[Completion]:

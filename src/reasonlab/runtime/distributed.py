@@ -113,9 +113,11 @@ def _launcher(send: Any, parent_pid: int, nproc: int, fn: Callable[..., Any], ar
 
 
 def _portable(e: BaseException) -> BaseException:
-    """``e`` if it can be pickled to another process, else a RuntimeError that says what it was."""
+    """``e`` if it survives a trip to another process, else a RuntimeError that says what it was. Some exceptions
+    pickle but cannot be unpickled (torch's ``ChildFailedError`` needs constructor arguments its pickle lacks),
+    which would turn the error into a ``TypeError`` in the caller."""
     try:
-        pickle.dumps(e)
+        pickle.loads(pickle.dumps(e))
         return e
     except Exception:  # noqa: BLE001
         return RuntimeError(f"{type(e).__name__}: {e}")
