@@ -86,14 +86,19 @@ class _Layer:
     act: object                # the MLP's activation module (SiLU for these families)
 
 
-def _matrix(*mods, dtype: torch.dtype = torch.float32) -> _Matrix:
-    """The linears ``mods`` stacked into one matrix (their outputs concatenated)."""
+def _stacked(*mods) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights and biases of the linears ``mods`` stacked (their outputs concatenated)."""
     weight = torch.cat([m.weight.detach() for m in mods]) if len(mods) > 1 else mods[0].weight.detach()
     bias = None
     if any(m.bias is not None for m in mods):
         bias = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
                           for m in mods])
-    return _Matrix(weight, bias, dtype)
+    return weight, bias
+
+
+def _matrix(*mods, dtype: torch.dtype = torch.float32) -> _Matrix:
+    """The linears ``mods`` as one :class:`_Matrix`."""
+    return _Matrix(*_stacked(*mods), dtype)
 
 
 def _plain_linear(m) -> bool:
@@ -157,8 +162,7 @@ class LeanDecoder:
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
-            w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-            b = _matrix(a.q_proj, a.k_proj, a.v_proj).bias
+            w, b = _stacked(a.q_proj, a.k_proj, a.v_proj)
             if q_norm is None:
                 # softmax(q k / sqrt(d)) with the 1 / sqrt(d) in q's weights: rotation is linear, so it commutes.
                 w = torch.cat([w[:q_rows] * scale, w[q_rows:]])
@@ -200,15 +204,10 @@ class LeanDecoder:
             else:
                 q = self._rotate(torch.rms_norm(qkv[:, :hq], (d,), layer.q_norm, self.eps), cos, sin)
                 k = self._rotate(torch.rms_norm(qkv[:, hq:hq + hkv], (d,), layer.k_norm, self.eps), cos, sin)
-            t = lc.t
-            if t >= lc.gen_keys.shape[2]:
-                raise RuntimeError(f"shared-prompt cache is full ({lc.gen_keys.shape[2]} generated tokens)")
-            lc.gen_keys[:, :, t] = k
-            lc.gen_values[:, :, t] = v
-            lc.t = t + 1
-            lc._expose()
-            att = decode_kernel.decode_attention(q.reshape(b, hkv, hq // hkv, d).contiguous(), lc.prompt_keys, lc.prompt_values,
-                                                 cache.keep, lc.gen_keys, lc.gen_values, cache.starts, t + 1)
+            lc.update(k[:, :, None], v[:, :, None])   # (B, Hkv, 1, D) written in place at the next position
+            att = decode_kernel.decode_attention(q.reshape(b, hkv, hq // hkv, d).contiguous(), lc.prompt_keys,
+                                                 lc.prompt_values, cache.keep, lc.gen_keys, lc.gen_values,
+                                                 cache.starts, lc.t)
             x = x + layer.o(att.view(b, hq * d))
             h = torch.rms_norm(x, (e,), layer.norm2, self.eps)
             gu = layer.gate_up(h)
